@@ -3,3 +3,6 @@
 
 pub mod agent_id;
 pub mod rate_window;
+pub mod agent;
+pub mod diff;
+pub mod store;

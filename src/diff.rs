@@ -1,0 +1,299 @@
+//! The diff between what the database holds and what the API just returned.
+//!
+//! Pure: computing it touches no I/O, so `sync --dry-run` prints exactly what `sync`
+//! would write, and the store applies exactly what was printed.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::agent::{AgentRecord, Attributes};
+use crate::agent_id::AgentId;
+
+/// What the database holds for one agent, as far as diffing needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAgent {
+    pub attributes: Attributes,
+    pub last_seen: DateTime<Utc>,
+    pub last_command_execution_at: Option<DateTime<Utc>>,
+    pub missing_since: Option<DateTime<Utc>>,
+}
+
+/// One field that differs, with both values as text for printing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldChange {
+    pub field: &'static str,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// How one fetched agent relates to its stored state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    New,
+    Changed,
+    Unchanged,
+}
+
+/// The diff for one fetched agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentDiff {
+    pub id: AgentId,
+    pub status: Status,
+    pub fields: Vec<FieldChange>,
+    /// A descriptive attribute changed: the current version closes and a new one opens.
+    pub attributes_changed: bool,
+    /// `last_seen` took a value not held before: one more `scan_agent_last_seen` row.
+    pub last_seen_changed: bool,
+    /// The agent was marked missing and the API returned it.
+    pub returned: bool,
+}
+
+/// Everything one batch would change, in the order the agents were fetched.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Diff {
+    /// One entry per distinct fetched agent, parallel to the deduplicated batch.
+    pub agents: Vec<AgentDiff>,
+    /// Stored agents the API confirmed absent that were not yet marked missing.
+    pub went_missing: Vec<AgentId>,
+    /// Confirmed absent and already marked: nothing to write.
+    pub still_missing: usize,
+    /// Confirmed absent but never stored: there is no row to mark (no `lastSeen` to keep).
+    pub never_seen: Vec<AgentId>,
+}
+
+impl Diff {
+    /// Compares a batch with the stored rows. `fetched` must hold each ID once (see
+    /// [`dedup_batch`]); an ID both fetched and confirmed missing counts as fetched.
+    pub fn compute(
+        stored: &HashMap<AgentId, StoredAgent>,
+        fetched: &[AgentRecord],
+        missing: &[AgentId],
+    ) -> Diff {
+        let agents: Vec<AgentDiff> = fetched
+            .iter()
+            .map(|record| match stored.get(&record.id) {
+                None => AgentDiff {
+                    id: record.id.clone(),
+                    status: Status::New,
+                    fields: Vec::new(),
+                    attributes_changed: true,
+                    last_seen_changed: true,
+                    returned: false,
+                },
+                Some(old) => compare(old, record),
+            })
+            .collect();
+        let fetched_ids: std::collections::HashSet<&AgentId> = fetched.iter().map(|r| &r.id).collect();
+        let mut diff = Diff { agents, ..Diff::default() };
+        for id in missing.iter().filter(|id| !fetched_ids.contains(id)) {
+            match stored.get(id) {
+                None => diff.never_seen.push(id.clone()),
+                Some(old) if old.missing_since.is_some() => diff.still_missing += 1,
+                Some(_) => diff.went_missing.push(id.clone()),
+            }
+        }
+        diff
+    }
+
+    /// Agents seen for the first time.
+    pub fn new_count(&self) -> usize {
+        self.count(Status::New)
+    }
+
+    /// Stored agents with at least one changed field (including returning from missing).
+    pub fn changed_count(&self) -> usize {
+        self.count(Status::Changed)
+    }
+
+    /// Fetched agents identical to what is stored.
+    pub fn unchanged_count(&self) -> usize {
+        self.count(Status::Unchanged)
+    }
+
+    fn count(&self, status: Status) -> usize {
+        self.agents.iter().filter(|a| a.status == status).count()
+    }
+
+    /// True when applying this diff would write no history and mark nothing.
+    pub fn is_empty(&self) -> bool {
+        self.went_missing.is_empty() && self.agents.iter().all(|a| a.status == Status::Unchanged)
+    }
+}
+
+/// Keeps the last occurrence of each ID: pages fetched while the list changes may repeat
+/// an agent, and the later copy is the fresher one.
+pub fn dedup_batch(fetched: Vec<AgentRecord>) -> Vec<AgentRecord> {
+    let mut last_index: HashMap<AgentId, usize> = HashMap::with_capacity(fetched.len());
+    for (i, record) in fetched.iter().enumerate() {
+        last_index.insert(record.id.clone(), i);
+    }
+    fetched
+        .into_iter()
+        .enumerate()
+        .filter(|(i, record)| last_index.get(&record.id) == Some(i))
+        .map(|(_, record)| record)
+        .collect()
+}
+
+fn compare(old: &StoredAgent, new: &AgentRecord) -> AgentDiff {
+    let mut fields: Vec<FieldChange> = old
+        .attributes
+        .fields()
+        .into_iter()
+        .zip(new.attributes.fields())
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((field, a), (_, b))| FieldChange {
+            field,
+            old: a.map(str::to_owned),
+            new: b.map(str::to_owned),
+        })
+        .collect();
+    let attributes_changed = !fields.is_empty();
+    let last_seen_changed = old.last_seen != new.last_seen;
+    if last_seen_changed {
+        fields.push(timestamp_change("last_seen", Some(old.last_seen), Some(new.last_seen)));
+    }
+    if old.last_command_execution_at != new.last_command_execution_at {
+        fields.push(timestamp_change(
+            "last_command_execution_at",
+            old.last_command_execution_at,
+            new.last_command_execution_at,
+        ));
+    }
+    let returned = old.missing_since.is_some();
+    if returned {
+        fields.push(timestamp_change("missing_since", old.missing_since, None));
+    }
+    AgentDiff {
+        id: new.id.clone(),
+        status: if fields.is_empty() { Status::Unchanged } else { Status::Changed },
+        fields,
+        attributes_changed,
+        last_seen_changed,
+        returned,
+    }
+}
+
+fn timestamp_change(
+    field: &'static str,
+    old: Option<DateTime<Utc>>,
+    new: Option<DateTime<Utc>>,
+) -> FieldChange {
+    let text = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    FieldChange { field, old: old.map(text), new: new.map(text) }
+}
+
+/// The field-by-field report `sync --dry-run` prints.
+impl fmt::Display for Diff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "null".to_owned());
+        for agent in &self.agents {
+            match agent.status {
+                Status::Unchanged => {}
+                Status::New => writeln!(f, "new       {}", agent.id)?,
+                Status::Changed => {
+                    let label = if agent.returned { "returned" } else { "changed" };
+                    writeln!(f, "{label:<9} {}", agent.id)?;
+                    for change in &agent.fields {
+                        writeln!(
+                            f,
+                            "            {}: {} -> {}",
+                            change.field,
+                            shown(&change.old),
+                            shown(&change.new)
+                        )?;
+                    }
+                }
+            }
+        }
+        for id in &self.went_missing {
+            writeln!(f, "missing   {id}")?;
+        }
+        for id in &self.never_seen {
+            writeln!(f, "not found {id} (never stored; nothing to mark)")?;
+        }
+        writeln!(
+            f,
+            "{} new, {} changed, {} unchanged, {} newly missing, {} still missing",
+            self.new_count(),
+            self.changed_count(),
+            self.unchanged_count(),
+            self.went_missing.len(),
+            self.still_missing
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(id: &str, version: &str, seen: &str) -> AgentRecord {
+        AgentRecord::from_json(json!({"id": id, "lastSeen": seen, "scannerSoftwareVersion": version}))
+            .unwrap()
+    }
+
+    fn stored(r: &AgentRecord) -> StoredAgent {
+        StoredAgent {
+            attributes: r.attributes.clone(),
+            last_seen: r.last_seen,
+            last_command_execution_at: r.last_command_execution_at,
+            missing_since: None,
+        }
+    }
+
+    #[test]
+    fn classifies_new_changed_unchanged_and_missing() {
+        let a = record("a", "1", "2024-01-01T00:00:00Z");
+        let b = record("b", "1", "2024-01-01T00:00:00Z");
+        let mut db = HashMap::new();
+        db.insert(a.id.clone(), stored(&a));
+        db.insert(AgentId::parse("gone").unwrap(), stored(&record("gone", "1", "2024-01-01T00:00:00Z")));
+        let a2 = record("a", "2", "2024-01-01T00:00:00Z");
+        let missing = vec![AgentId::parse("gone").unwrap(), AgentId::parse("ghost").unwrap()];
+        let diff = Diff::compute(&db, &[a2, b], &missing);
+        assert_eq!(diff.agents[0].status, Status::Changed);
+        assert!(diff.agents[0].attributes_changed && !diff.agents[0].last_seen_changed);
+        assert_eq!(
+            diff.agents[0].fields,
+            vec![FieldChange {
+                field: "scanner_software_version",
+                old: Some("1".into()),
+                new: Some("2".into())
+            }]
+        );
+        assert_eq!(diff.agents[1].status, Status::New);
+        assert_eq!(diff.went_missing, vec![AgentId::parse("gone").unwrap()]);
+        assert_eq!(diff.never_seen, vec![AgentId::parse("ghost").unwrap()]);
+        let text = diff.to_string();
+        assert!(text.contains("scanner_software_version: 1 -> 2"), "{text}");
+        assert!(text.contains("1 new, 1 changed, 0 unchanged, 1 newly missing"), "{text}");
+    }
+
+    #[test]
+    fn identical_record_is_unchanged_and_returned_agent_is_a_change() {
+        let a = record("a", "1", "2024-01-01T00:00:00Z");
+        let mut db = HashMap::new();
+        db.insert(a.id.clone(), stored(&a));
+        assert!(Diff::compute(&db, &[a.clone()], &[]).is_empty());
+        db.get_mut(&a.id).unwrap().missing_since = Some(a.last_seen);
+        let diff = Diff::compute(&db, &[a], &[]);
+        assert!(diff.agents[0].returned && !diff.agents[0].attributes_changed);
+        assert_eq!(diff.changed_count(), 1);
+    }
+
+    #[test]
+    fn dedup_keeps_the_last_copy() {
+        let batch = vec![
+            record("a", "1", "2024-01-01T00:00:00Z"),
+            record("b", "1", "2024-01-01T00:00:00Z"),
+            record("a", "2", "2024-01-01T00:00:00Z"),
+        ];
+        let kept = dedup_batch(batch);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[1].attributes.scanner_software_version.as_deref(), Some("2"));
+    }
+}

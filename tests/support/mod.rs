@@ -1,0 +1,78 @@
+//! Shared test setup: a fresh, migrated PostgreSQL database per test.
+//!
+//! Tests never run without a real server: when PostgreSQL does not answer they fail with
+//! a message saying what to start.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use scan_agent_sync::store::Store;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// Where the tests find PostgreSQL: `DATABASE_URL`, or the local server's `postgres` database.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Test databases older than this are left over from killed runs and are dropped.
+const STALE_TEST_DB_SECS: u64 = 3600;
+const PREFIX: &str = "sas_test_";
+
+/// Creates a uniquely named database, applies the migrations, and returns a pool on it.
+pub async fn fresh_pool() -> PgPool {
+    let url = admin_url();
+    let mut admin = PgConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!(
+            "the tests need PostgreSQL at {url} (from DATABASE_URL or the default) and it did not \
+             answer: {e}. Start it with `pg_ctlcluster 15 main start` (or `bash .ci/run`), \
+             or point DATABASE_URL at a server where this user may CREATE DATABASE."
+        )
+    });
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    drop_stale_databases(&mut admin, now).await;
+    let name = format!(
+        "{PREFIX}{now}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .expect("creating the test database");
+    let options = PgConnectOptions::from_str(&url).unwrap().database(&name);
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .expect("connecting to the test database");
+    scan_agent_sync::store::MIGRATOR.run(&pool).await.expect("migrating the test database");
+    pool
+}
+
+/// A [`Store`] on a fresh database.
+pub async fn fresh_store() -> Store {
+    Store::from_pool(fresh_pool().await)
+}
+
+async fn drop_stale_databases(admin: &mut PgConnection, now: u64) {
+    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'sas\\_test\\_%'")
+        .fetch_all(&mut *admin)
+        .await
+        .unwrap_or_default();
+    for name in names {
+        let created: Option<u64> = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse().ok());
+        if created.is_some_and(|t| now.saturating_sub(t) > STALE_TEST_DB_SECS) {
+            // Best effort: another run may be dropping the same database.
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+                .execute(&mut *admin)
+                .await;
+        }
+    }
+}
