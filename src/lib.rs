@@ -3,3 +3,4 @@
 
 pub mod agent_id;
 pub mod rate_window;
+pub mod simulator;
