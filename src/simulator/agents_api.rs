@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use super::options::Envelope;
 use super::render::agent_json;
 use super::reply::Reply;
-use super::state::{Shared, lock};
+use super::state::Shared;
 use super::urlencoded;
 
 /// The list path; the by-ID path is this plus `/{id}`.
@@ -26,8 +26,7 @@ pub(super) fn list(sim: &Shared, query: Option<&str>, host: &str, now: Instant) 
             _ => return unsupported_query(&name),
         }
     }
-    let mut fleet = lock(&sim.fleet);
-    fleet.catch_up(now);
+    let fleet = sim.fleet_at(now);
     let mut present = fleet.present();
     let page: Vec<Value> = present
         .by_ref()
@@ -51,8 +50,7 @@ pub(super) fn by_id(sim: &Shared, id: &str, query: Option<&str>, host: &str, now
     if let Some((name, _)) = urlencoded::pairs(query.unwrap_or_default()).into_iter().next() {
         return unsupported_query(&name);
     }
-    let mut fleet = lock(&sim.fleet);
-    fleet.catch_up(now);
+    let fleet = sim.fleet_at(now);
     let Some(agent) = fleet.get(id) else {
         return Reply::api_error(
             StatusCode::NOT_FOUND,

@@ -169,11 +169,7 @@ impl Fleet {
     /// Adds a live agent with this exact ID (any string, so tests can use awkward ones), or
     /// brings it back if it exists. Added agents never go silent or vanish on their own.
     pub fn add(&mut self, id: &str) {
-        let revived = self.modify(id, |agent| {
-            agent.present = true;
-            agent.fate = Fate::Live;
-        });
-        if !revived {
+        if !self.restore(id) {
             let machine_id = hex(&mut self.births, 40);
             self.insert(id.to_owned(), Some(machine_id), Fate::Live);
         }

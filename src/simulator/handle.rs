@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::faults::Faults;
@@ -39,9 +40,7 @@ impl SimulatorHandle {
 
     /// IDs of the agents the service returns now, in list order.
     pub fn agent_ids(&self) -> Vec<String> {
-        let mut fleet = lock(&self.sim.fleet);
-        fleet.catch_up(tokio::time::Instant::now());
-        fleet.present().map(|agent| agent.id.clone()).collect()
+        self.sim.fleet_at(Instant::now()).present().map(|agent| agent.id.clone()).collect()
     }
 
     pub fn stats(&self) -> SimStats {
@@ -56,32 +55,28 @@ impl SimulatorHandle {
 
     /// Sets an agent's `ScannerSoftwareVersion`; false when there is no such agent.
     pub fn upgrade(&self, id: &str, version: &str) -> bool {
-        self.modify(id, |agent| agent.scanner_version = Some(version.to_owned()))
+        self.sim.fleet_at(Instant::now()).modify(id, |agent| agent.scanner_version = Some(version.to_owned()))
     }
 
     /// Sets an agent's `lastSeen`; false when there is no such agent. The next evolution period
     /// moves it again if the agent is live.
     pub fn set_last_seen(&self, id: &str, at: DateTime<Utc>) -> bool {
-        self.modify(id, |agent| agent.last_seen = at)
+        self.sim.fleet_at(Instant::now()).modify(id, |agent| agent.last_seen = at)
     }
 
     /// Deletes an agent: 404 by ID, absent from the list. False when there is no such agent.
     pub fn delete(&self, id: &str) -> bool {
-        self.modify(id, |agent| agent.present = false)
+        self.sim.fleet_at(Instant::now()).modify(id, |agent| agent.present = false)
     }
 
     /// Brings a deleted agent back as a live one; false when there is no such agent.
     pub fn restore(&self, id: &str) -> bool {
-        let mut fleet = lock(&self.sim.fleet);
-        fleet.catch_up(tokio::time::Instant::now());
-        fleet.restore(id)
+        self.sim.fleet_at(Instant::now()).restore(id)
     }
 
     /// Adds a live agent with exactly this ID (any string), or restores it if it exists.
     pub fn add_agent(&self, id: &str) {
-        let mut fleet = lock(&self.sim.fleet);
-        fleet.catch_up(tokio::time::Instant::now());
-        fleet.add(id);
+        self.sim.fleet_at(Instant::now()).add(id);
     }
 
     /// Replaces the fault shares for the requests that follow.
@@ -106,13 +101,5 @@ impl SimulatorHandle {
                 .context("the simulator's server failed")?;
         }
         Ok(())
-    }
-
-    /// Applies a test's change after the evolution due so far, so the change is not
-    /// immediately overwritten by periods that had already elapsed.
-    fn modify(&self, id: &str, change: impl FnOnce(&mut super::fleet::Agent)) -> bool {
-        let mut fleet = lock(&self.sim.fleet);
-        fleet.catch_up(tokio::time::Instant::now());
-        fleet.modify(id, change)
     }
 }

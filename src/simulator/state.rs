@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::auth::{Credentials, TokenStore};
 use super::faults::{FaultInjector, Faults};
 use super::fleet::Fleet;
@@ -20,7 +22,7 @@ pub(super) struct Shared {
     pub page_size: usize,
     pub field_case: FieldCase,
     pub envelope: Envelope,
-    pub fleet: Mutex<Fleet>,
+    fleet: Mutex<Fleet>,
     pub limiter: Mutex<RateLimiter>,
     pub tokens: Mutex<TokenStore>,
     pub faults: Mutex<FaultInjector>,
@@ -54,6 +56,14 @@ impl Shared {
             latency: Mutex::new(options.latency),
             recorder: Mutex::new(Recorder::default()),
         }
+    }
+
+    /// The fleet as of `now`: every read or change goes through here, so no one sees or edits
+    /// a state that evolution periods already due would overwrite.
+    pub fn fleet_at(&self, now: Instant) -> MutexGuard<'_, Fleet> {
+        let mut fleet = lock(&self.fleet);
+        fleet.catch_up(now);
+        fleet
     }
 }
 
