@@ -203,6 +203,16 @@ async fn field_case_and_fraction_digits_follow_the_options() {
 }
 
 #[tokio::test]
+async fn mixed_case_spells_the_fields_both_ways_in_one_response() {
+    let sim = Sim::start(SimulatorOptions { field_case: FieldCase::Mixed, agents: 20, ..options() }).await;
+    let (_, page) = sim.get_json(&sim.agents_url()).await;
+    let agents = page["value"].as_array().unwrap();
+    let pascal = agents.iter().filter(|a| a.get("LastCommandExecutionTimestamp").is_some()).count();
+    let camel = agents.iter().filter(|a| a.get("lastCommandExecutionTimestamp").is_some()).count();
+    assert!(pascal > 0 && camel > 0 && pascal + camel == 20, "{pascal} pascal, {camel} camel");
+}
+
+#[tokio::test]
 async fn an_encoded_id_is_one_segment_and_logged_raw() {
     let sim = Sim::start(options()).await;
     let awkward = "org_ machine/../x?y#z";

@@ -118,14 +118,15 @@ pub struct SimulatorOptions {
 impl Default for SimulatorOptions {
     /// The same values as the command line's defaults: clap is their single source.
     fn default() -> Self {
-        /// Wraps the flag group so clap can parse it on its own.
-        #[derive(Parser)]
-        struct Flags {
-            #[command(flatten)]
-            options: SimulatorOptions,
-        }
         Flags::try_parse_from(["simulate"]).expect("the simulator's flag defaults parse").options
     }
+}
+
+/// The flag group as a command of its own, so it can be parsed without the real CLI.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    options: SimulatorOptions,
 }
 
 /// Parses a probability, refusing values a share cannot take.
@@ -145,6 +146,20 @@ mod tests {
         assert_eq!(options.token_lifetime, Duration::from_secs(3599));
         assert_eq!(options.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(options.fraction_digits, None);
+    }
+
+    #[test]
+    fn flags_parse_and_repeat() {
+        use clap::CommandFactory;
+        Flags::command().debug_assert();
+        let args = ["simulate", "--window", "5/1s", "--window", "10/1m", "--fraction-digits", "3"];
+        let options =
+            Flags::try_parse_from(args.into_iter().chain(["--field-case", "pascal"])).unwrap().options;
+        assert_eq!(options.windows.len(), 2, "given windows replace the defaults");
+        assert_eq!(options.fraction_digits, Some(3));
+        assert_eq!(options.field_case, FieldCase::Pascal);
+        assert!(Flags::try_parse_from(["simulate", "--fraction-digits", "8"]).is_err());
+        assert!(Flags::try_parse_from(["simulate", "--page-size", "0"]).is_err());
     }
 
     #[test]
