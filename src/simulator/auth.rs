@@ -105,7 +105,7 @@ impl TokenStore {
 }
 
 /// Entra ID's error shape; `error_description` starts with the AADSTS code like the real one.
-fn entra_error(status: StatusCode, error: &str, code: u32, description: String) -> Reply {
+pub(super) fn entra_error(status: StatusCode, error: &str, code: u32, description: String) -> Reply {
     let body = json!({
         "error": error,
         "error_description": format!("AADSTS{code}: {description}"),

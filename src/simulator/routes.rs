@@ -18,6 +18,7 @@ use percent_encoding::percent_decode_str;
 use tokio::time::Instant;
 
 use super::agents_api::{self, AGENTS_PATH};
+use super::auth::entra_error;
 use super::connection::ConnectionKill;
 use super::faults::Fault;
 use super::limiter::{Admission, timespan};
@@ -132,10 +133,12 @@ async fn token(sim: &Shared, tenant: &str, body: Body) -> Outcome {
     let form = match to_bytes(body, TOKEN_BODY_LIMIT).await {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) => {
-            return Outcome::Answer(Reply::api_error(
+            let description = format!("The request body could not be read: {e}");
+            return Outcome::Answer(entra_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
-                format!("unreadable body: {e}"),
+                900144,
+                description,
             ));
         }
     };
