@@ -1,8 +1,9 @@
 //! scan-agent-sync: a PostgreSQL record of Microsoft Defender authenticated-scan agents,
 //! kept within the API's rate budget, with history and stale-agent alerts.
 
-pub mod agent_id;
-pub mod rate_window;
 pub mod agent;
+pub mod agent_id;
 pub mod diff;
+pub mod rate_window;
+pub mod simulator;
 pub mod store;

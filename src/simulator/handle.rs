@@ -1,0 +1,105 @@
+//! The running simulator, as tests and the demo see it: addresses, inspection and control.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::faults::Faults;
+use super::recorder::{LoggedRequest, SimStats};
+use super::state::{Shared, lock};
+
+/// A handle on a running simulator; clones control the same one.
+#[derive(Debug, Clone)]
+pub struct SimulatorHandle {
+    pub(super) sim: Arc<Shared>,
+    pub(super) stop: CancellationToken,
+    pub(super) server: Arc<Mutex<Option<JoinHandle<std::io::Result<()>>>>>,
+}
+
+impl SimulatorHandle {
+    /// The bound address, with the real port when port 0 was asked for.
+    pub fn addr(&self) -> SocketAddr {
+        self.sim.bound
+    }
+
+    /// The API base URL, to configure as `defender.api_base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.sim.bound)
+    }
+
+    /// The token URL with the tenant in it, to configure as `defender.token_url`.
+    pub fn token_url(&self) -> String {
+        format!("{}/{}/oauth2/v2.0/token", self.base_url(), self.sim.tenant_id)
+    }
+
+    /// IDs of the agents the service returns now, in list order.
+    pub fn agent_ids(&self) -> Vec<String> {
+        self.sim.fleet_at(Instant::now()).present().map(|agent| agent.id.clone()).collect()
+    }
+
+    pub fn stats(&self) -> SimStats {
+        let peaks = lock(&self.sim.limiter).peaks();
+        lock(&self.sim.recorder).stats(peaks)
+    }
+
+    /// Every request so far (the latest 100,000), oldest first.
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        lock(&self.sim.recorder).log()
+    }
+
+    /// Sets an agent's `ScannerSoftwareVersion`; false when there is no such agent.
+    pub fn upgrade(&self, id: &str, version: &str) -> bool {
+        self.sim.fleet_at(Instant::now()).modify(id, |agent| agent.scanner_version = Some(version.to_owned()))
+    }
+
+    /// Sets an agent's `lastSeen`; false when there is no such agent. The next evolution period
+    /// moves it again if the agent is live.
+    pub fn set_last_seen(&self, id: &str, at: DateTime<Utc>) -> bool {
+        self.sim.fleet_at(Instant::now()).modify(id, |agent| agent.last_seen = at)
+    }
+
+    /// Deletes an agent: 404 by ID, absent from the list. False when there is no such agent.
+    pub fn delete(&self, id: &str) -> bool {
+        self.sim.fleet_at(Instant::now()).modify(id, |agent| agent.present = false)
+    }
+
+    /// Brings a deleted agent back as a live one; false when there is no such agent.
+    pub fn restore(&self, id: &str) -> bool {
+        self.sim.fleet_at(Instant::now()).restore(id)
+    }
+
+    /// Adds a live agent with exactly this ID (any string), or restores it if it exists.
+    pub fn add_agent(&self, id: &str) {
+        self.sim.fleet_at(Instant::now()).add(id);
+    }
+
+    /// Replaces the fault shares for the requests that follow.
+    pub fn set_faults(&self, faults: Faults) {
+        lock(&self.sim.faults).faults = faults;
+    }
+
+    /// Replaces the latency added to the API responses that follow.
+    pub fn set_latency(&self, latency: Duration) {
+        *lock(&self.sim.latency) = latency;
+    }
+
+    /// Stops accepting, lets requests in flight finish, and waits until the server has stopped.
+    /// Stopping any clone stops them all; a second call returns at once.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let server = lock(&self.server).take();
+        if let Some(server) = server {
+            server
+                .await
+                .context("the simulator's server task panicked")?
+                .context("the simulator's server failed")?;
+        }
+        Ok(())
+    }
+}

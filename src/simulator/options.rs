@@ -1,0 +1,172 @@
+//! The simulator's knobs: the flags of `scan-agent-sync simulate`, also built directly by tests.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::rate_window::RateWindow;
+
+/// How the three fields the docs print in PascalCase are spelled in responses.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldCase {
+    /// `assignedApplicationId` etc., as the service metadata says.
+    Camel,
+    /// `AssignedApplicationId`, `ScannerSoftwareVersion`, `LastCommandExecutionTimestamp`, as the docs print them.
+    Pascal,
+    /// Each agent picks one of the two, so one response can hold both spellings.
+    Mixed,
+}
+
+/// How the by-ID endpoint wraps its single agent.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    /// A bare `$entity` object, like other endpoints of the same API family.
+    Bare,
+    /// `{"@odata.context": ".../$entity", "value": [agent]}`, like the by-ID docs example.
+    Wrapped,
+}
+
+/// Everything that makes one simulated tenant behave like another.
+///
+/// The defaults are those of the real service where the docs state them (rate windows, token
+/// lifetime), so `scan-agent-sync simulate` with no flags is a well-behaved Defender.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimulatorOptions {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Number of scan agents in the simulated tenant.
+    #[arg(long, default_value_t = 50)]
+    pub agents: usize,
+
+    /// Tenant ID expected in the token URL path.
+    #[arg(long, default_value = "sim-tenant")]
+    pub tenant_id: String,
+
+    /// Client (application) ID the token endpoint accepts.
+    #[arg(long, default_value = "sim-client")]
+    pub client_id: String,
+
+    /// Client secret the token endpoint accepts.
+    #[arg(long, default_value = "sim-secret")]
+    pub client_secret: String,
+
+    /// How long an issued access token stays valid (Entra ID says 3599s).
+    #[arg(long, default_value = "3599s", value_parser = humantime::parse_duration)]
+    pub token_lifetime: Duration,
+
+    /// Agents per page of the list endpoint; further pages are linked by `@odata.nextLink`.
+    #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub page_size: usize,
+
+    /// A rate window enforced over all API calls, as CALLS/DURATION; repeat for several.
+    /// The default is Defender's documented 100/1m and 1500/1h.
+    #[arg(long = "window", value_parser = RateWindow::parse_compact, default_values = ["100/1m", "1500/1h"])]
+    pub windows: Vec<RateWindow>,
+
+    /// Spelling of the fields the docs print in PascalCase.
+    #[arg(long, value_enum, default_value = "camel")]
+    pub field_case: FieldCase,
+
+    /// Shape of by-ID responses: a bare object or a one-element `value` array.
+    #[arg(long, value_enum, default_value = "bare")]
+    pub by_id_envelope: Envelope,
+
+    /// Fractional-second digits (0 to 7) in timestamps; unset, each agent gets its own.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=7))]
+    pub fraction_digits: Option<u8>,
+
+    /// Delay added to every API response, to exercise timeouts and in-flight limits.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+
+    /// Share (0 to 1) of API calls answered 500 or 503 with the documented error body.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub error_rate: f64,
+
+    /// Share (0 to 1) of API calls answered 200 with truncated JSON.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub malformed_rate: f64,
+
+    /// Share (0 to 1) of API calls whose connection is dropped without any response.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub reset_rate: f64,
+
+    /// Period of the fleet's life: each period live agents report in and some upgrade; 0 freezes the fleet.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub evolve_every: Duration,
+
+    /// Share (0 to 1) of live agents that upgrade their scanner and MDE client each period.
+    #[arg(long, default_value_t = 0.1, value_parser = parse_share)]
+    pub upgrade_share: f64,
+
+    /// Share (0 to 1) of agents that never report in again, so they go stale.
+    #[arg(long, default_value_t = 0.1, value_parser = parse_share)]
+    pub silent_share: f64,
+
+    /// Share (0 to 1) of agents that disappear (404, absent from the list) within a few periods.
+    #[arg(long, default_value_t = 0.05, value_parser = parse_share)]
+    pub deleted_share: f64,
+
+    /// Seed of every random choice, so two runs with one seed serve the same fleet.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl Default for SimulatorOptions {
+    /// The same values as the command line's defaults: clap is their single source.
+    fn default() -> Self {
+        Flags::try_parse_from(["simulate"]).expect("the simulator's flag defaults parse").options
+    }
+}
+
+/// The flag group as a command of its own, so it can be parsed without the real CLI.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    options: SimulatorOptions,
+}
+
+/// Parses a probability, refusing values a share cannot take.
+fn parse_share(text: &str) -> Result<f64, String> {
+    let share: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&share) { Ok(share) } else { Err(format!("{text:?} is not between 0 and 1")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_defenders() {
+        let options = SimulatorOptions::default();
+        assert_eq!(options.windows, RateWindow::defender_defaults());
+        assert_eq!(options.token_lifetime, Duration::from_secs(3599));
+        assert_eq!(options.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(options.fraction_digits, None);
+    }
+
+    #[test]
+    fn flags_parse_and_repeat() {
+        use clap::CommandFactory;
+        Flags::command().debug_assert();
+        let args = ["simulate", "--window", "5/1s", "--window", "10/1m", "--fraction-digits", "3"];
+        let options =
+            Flags::try_parse_from(args.into_iter().chain(["--field-case", "pascal"])).unwrap().options;
+        assert_eq!(options.windows.len(), 2, "given windows replace the defaults");
+        assert_eq!(options.fraction_digits, Some(3));
+        assert_eq!(options.field_case, FieldCase::Pascal);
+        assert!(Flags::try_parse_from(["simulate", "--fraction-digits", "8"]).is_err());
+        assert!(Flags::try_parse_from(["simulate", "--page-size", "0"]).is_err());
+    }
+
+    #[test]
+    fn shares_outside_zero_to_one_are_refused() {
+        assert_eq!(parse_share("0.25"), Ok(0.25));
+        assert!(parse_share("1.5").is_err());
+        assert!(parse_share("-0.1").is_err());
+        assert!(parse_share("lots").is_err());
+    }
+}
