@@ -70,7 +70,10 @@ pub struct RateLimitSettings {
 
 impl Default for RateLimitSettings {
     fn default() -> Self {
-        Self { windows: RateWindow::defender_defaults(), max_in_flight: 4 }
+        Self {
+            windows: RateWindow::defender_defaults(),
+            max_in_flight: 4,
+        }
     }
 }
 
@@ -85,7 +88,9 @@ pub struct ScheduleSettings {
 
 impl Default for ScheduleSettings {
     fn default() -> Self {
-        Self { cron: "0 */15 * * * *".to_owned() }
+        Self {
+            cron: "0 */15 * * * *".to_owned(),
+        }
     }
 }
 
@@ -109,7 +114,9 @@ pub struct StaleSettings {
 
 impl Default for StaleSettings {
     fn default() -> Self {
-        Self { after: Duration::from_secs(24 * 60 * 60) }
+        Self {
+            after: Duration::from_secs(24 * 60 * 60),
+        }
     }
 }
 
@@ -125,22 +132,39 @@ pub enum AlertFormat {
 }
 
 /// Where stale alerts go.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertSettings {
     /// Webhook to notify; `None` (written `""`) keeps alerts in the log and metrics only.
     #[serde(deserialize_with = "de::non_empty")]
     pub webhook_url: Option<String>,
     /// Body format.
+    #[serde(deserialize_with = "de::variant")]
     pub format: AlertFormat,
     /// Re-notify a still-stale agent this often; zero notifies once per episode.
     #[serde(with = "humantime_serde")]
     pub repeat_interval: Duration,
 }
 
+/// Webhook URLs may carry credentials (`https://user:password@host/...`), so Debug hides
+/// them as [`Settings::redacted`] does.
+impl std::fmt::Debug for AlertSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertSettings")
+            .field("webhook_url", &self.webhook_url.as_deref().map(redact_url))
+            .field("format", &self.format)
+            .field("repeat_interval", &self.repeat_interval)
+            .finish()
+    }
+}
+
 impl Default for AlertSettings {
     fn default() -> Self {
-        Self { webhook_url: None, format: AlertFormat::default(), repeat_interval: Duration::ZERO }
+        Self {
+            webhook_url: None,
+            format: AlertFormat::default(),
+            repeat_interval: Duration::ZERO,
+        }
     }
 }
 
@@ -155,12 +179,16 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
     }
 }
 
 /// Parses `http.listen`, where `""` means disabled.
-fn listen_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+fn listen_address<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
     de::non_empty::<D, String>(deserializer)?
         .map(|text| {
             text.trim().parse().map_err(|_| {
@@ -189,6 +217,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     /// Line format.
+    #[serde(deserialize_with = "de::variant")]
     pub format: LogFormat,
     /// A `tracing` filter: a level (`info`) or directives (`scan_agent_sync=debug,info`).
     pub level: String,
@@ -196,7 +225,10 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { format: LogFormat::default(), level: "info".to_owned() }
+        Self {
+            format: LogFormat::default(),
+            level: "info".to_owned(),
+        }
     }
 }
 
@@ -213,7 +245,10 @@ impl Settings {
 
     /// Loads `path` with overrides from `env` instead of the process environment, so tests
     /// are isolated from it and from each other.
-    pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+    pub fn load_with_env(
+        path: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| {
             ConfigProblem::unkeyed(
                 format!("cannot read the config file: {error}"),
@@ -221,8 +256,12 @@ impl Settings {
             )
             .at(path.display())
         })?;
-        let source_of = |key: &str| source_of(key, path, env);
-        Self::parse(&text, env).map_err(|error| error.attribute(source_of))
+        Self::parse(&text, env).map_err(|error| {
+            error.attribute(|key| match key {
+                Some(key) => source_of(key, path, env),
+                None => path.display().to_string(),
+            })
+        })
     }
 
     /// Builds the settings from the file's text and the environment.
@@ -230,7 +269,9 @@ impl Settings {
         // The secret variable is read by DefenderSettings itself, so it never becomes a key.
         let overrides: ::config::Map<String, String> = env
             .iter()
-            .filter(|(key, _)| key.starts_with(ENV_PREFIX) && key.as_str() != defender::CLIENT_SECRET_VAR)
+            .filter(|(key, _)| {
+                key.starts_with(ENV_PREFIX) && key.as_str() != defender::CLIENT_SECRET_VAR
+            })
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         let merged = ::config::Config::builder()
@@ -241,8 +282,12 @@ impl Settings {
                     .source(Some(overrides)),
             )
             .build()
-            .map_err(|error| ConfigProblem::unkeyed(summarize_parse_error(&error), "correct the TOML syntax"))?;
-        let raw: RawSettings = merged.try_deserialize().map_err(|error| ConfigProblem::from_deserialize(None, error))?;
+            .map_err(|error| {
+                ConfigProblem::unkeyed(summarize_parse_error(&error), "correct the TOML syntax")
+            })?;
+        let raw: RawSettings = merged
+            .try_deserialize()
+            .map_err(|error| ConfigProblem::from_deserialize(None, error))?;
 
         let mut problems = Vec::new();
         let defender = finish("defender", raw.defender, env, &mut problems);
@@ -254,7 +299,9 @@ impl Settings {
         let alerts = finish("alerts", raw.alerts, env, &mut problems);
         let http = finish("http", raw.http, env, &mut problems);
         let log = finish("log", raw.log, env, &mut problems);
-        match (defender, rate_limit, agents, schedule, database, stale, alerts, http, log) {
+        match (
+            defender, rate_limit, agents, schedule, database, stale, alerts, http, log,
+        ) {
             (
                 Some(defender),
                 Some(rate_limit),
@@ -265,9 +312,17 @@ impl Settings {
                 Some(alerts),
                 Some(http),
                 Some(log),
-            ) if problems.is_empty() => {
-                Ok(Settings { defender, rate_limit, agents, schedule, database, stale, alerts, http, log })
-            }
+            ) if problems.is_empty() => Ok(Settings {
+                defender,
+                rate_limit,
+                agents,
+                schedule,
+                database,
+                stale,
+                alerts,
+                http,
+                log,
+            }),
             _ => Err(ConfigError::new(problems)),
         }
     }
@@ -284,8 +339,14 @@ impl Settings {
             ("scope", Some(toml_value(&defender.scope))),
             ("tenant_id", Some(toml_value(&defender.tenant_id))),
             ("client_id", Some(toml_value(&defender.client_id))),
-            ("client_secret_file", defender.client_secret_file.as_ref().map(toml_value)),
-            ("request_timeout", Some(toml_duration(defender.request_timeout))),
+            (
+                "client_secret_file",
+                defender.client_secret_file.as_ref().map(toml_value),
+            ),
+            (
+                "request_timeout",
+                Some(toml_duration(defender.request_timeout)),
+            ),
             ("fetch_mode", Some(toml_value(&defender.fetch_mode))),
             ("max_retries", Some(defender.max_retries.to_string())),
         ];
@@ -296,7 +357,13 @@ impl Settings {
             .rate_limit
             .windows
             .iter()
-            .map(|window| format!("{{ calls = {}, per = {} }}", window.calls, toml_duration(window.per)))
+            .map(|window| {
+                format!(
+                    "{{ calls = {}, per = {} }}",
+                    window.calls,
+                    toml_duration(window.per)
+                )
+            })
             .collect();
         let agents = &self.agents;
         let inline_ids = agents.inline_ids();
@@ -308,7 +375,10 @@ impl Settings {
             "rate_limit",
             &[
                 ("windows", Some(format!("[{}]", windows.join(", ")))),
-                ("max_in_flight", Some(self.rate_limit.max_in_flight.to_string())),
+                (
+                    "max_in_flight",
+                    Some(self.rate_limit.max_in_flight.to_string()),
+                ),
             ],
         );
         write_section(
@@ -320,35 +390,72 @@ impl Settings {
                 ("track_all", Some(agents.track_all.to_string())),
             ],
         );
-        let _ = writeln!(out, "# {} agent IDs in effect, {} of them inline\n", agents.ids.len(), inline_ids.len());
-        write_section(&mut out, "schedule", &[("cron", Some(toml_value(&self.schedule.cron)))]);
+        let _ = writeln!(
+            out,
+            "# {} agent IDs in effect, {} of them inline",
+            agents.ids.len(),
+            inline_ids.len()
+        );
+        write_section(
+            &mut out,
+            "schedule",
+            &[("cron", Some(toml_value(&self.schedule.cron)))],
+        );
         write_section(
             &mut out,
             "database",
             &[
-                ("url", Some(toml_value(&redact_url(self.database.url.expose_secret())))),
-                ("max_connections", Some(self.database.max_connections.to_string())),
+                (
+                    "url",
+                    Some(toml_value(&redact_url(self.database.url.expose_secret()))),
+                ),
+                (
+                    "max_connections",
+                    Some(self.database.max_connections.to_string()),
+                ),
             ],
         );
-        write_section(&mut out, "stale", &[("after", Some(toml_duration(self.stale.after)))]);
+        write_section(
+            &mut out,
+            "stale",
+            &[("after", Some(toml_duration(self.stale.after)))],
+        );
         write_section(
             &mut out,
             "alerts",
             &[
-                ("webhook_url", Some(toml_value(&self.alerts.webhook_url.as_deref().map(redact_url).unwrap_or_default()))),
+                (
+                    "webhook_url",
+                    Some(toml_value(
+                        &self
+                            .alerts
+                            .webhook_url
+                            .as_deref()
+                            .map(redact_url)
+                            .unwrap_or_default(),
+                    )),
+                ),
                 ("format", Some(toml_value(&self.alerts.format))),
-                ("repeat_interval", Some(toml_duration(self.alerts.repeat_interval))),
+                (
+                    "repeat_interval",
+                    Some(toml_duration(self.alerts.repeat_interval)),
+                ),
             ],
         );
-        let listen = self.http.listen.map(|address| address.to_string()).unwrap_or_default();
+        let listen = self
+            .http
+            .listen
+            .map(|address| address.to_string())
+            .unwrap_or_default();
         write_section(&mut out, "http", &[("listen", Some(toml_value(&listen)))]);
         write_section(
             &mut out,
             "log",
-            &[("format", Some(toml_value(&self.log.format))), ("level", Some(toml_value(&self.log.level)))],
+            &[
+                ("format", Some(toml_value(&self.log.format))),
+                ("level", Some(toml_value(&self.log.level))),
+            ],
         );
-        out.truncate(out.trim_end().len());
-        out.push('\n');
         out
     }
 }
@@ -356,6 +463,9 @@ impl Settings {
 /// Writes `[name]` and its entries; an unset optional key becomes a comment, since TOML has
 /// no null.
 fn write_section(out: &mut String, name: &str, entries: &[(&str, Option<String>)]) {
+    if !out.is_empty() {
+        out.push('\n');
+    }
     let _ = writeln!(out, "[{name}]");
     for (key, value) in entries {
         let _ = match value {
@@ -363,13 +473,14 @@ fn write_section(out: &mut String, name: &str, entries: &[(&str, Option<String>)
             None => writeln!(out, "# {key} is not set"),
         };
     }
-    out.push('\n');
 }
 
 /// A value in TOML syntax. JSON's strings, numbers, booleans and arrays are valid TOML,
 /// except that TOML also wants DEL escaped.
 fn toml_value<T: Serialize + ?Sized>(value: &T) -> String {
-    serde_json::to_string(value).expect("strings, numbers and enums always serialize").replace('\u{7f}', "\\u007f")
+    serde_json::to_string(value)
+        .expect("strings, numbers and enums always serialize")
+        .replace('\u{7f}', "\\u007f")
 }
 
 /// A duration in the human-readable form the file uses.
@@ -395,8 +506,10 @@ fn source_of(key: &str, file: &Path, env: &HashMap<String, String>) -> String {
     let field = key.split('[').next().unwrap_or(key);
     let var = format!("{ENV_PREFIX}{}", field.replace('.', "__").to_uppercase());
     let nested = format!("{var}__");
-    let mut from_env: Vec<&String> =
-        env.keys().filter(|name| **name == var || name.starts_with(&nested)).collect();
+    let mut from_env: Vec<&String> = env
+        .keys()
+        .filter(|name| **name == var || name.starts_with(&nested))
+        .collect();
     from_env.sort();
     match from_env.first() {
         Some(name) => (*name).clone(),
@@ -411,7 +524,11 @@ trait Finish: DeserializeOwned + Default {
 
     /// Checks the values, adding any problems to `problems`; `env` serves the few keys with
     /// non-prefixed fallbacks (`DATABASE_URL`, `CREDENTIALS_DIRECTORY`).
-    fn finish(self, env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self::Output;
+    fn finish(
+        self,
+        env: &HashMap<String, String>,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> Self::Output;
 }
 
 /// Finishes section `name`, or records why it could not be read.
@@ -472,15 +589,26 @@ struct RawDatabase {
 
 impl Default for RawDatabase {
     fn default() -> Self {
-        Self { url: None, max_connections: 4 }
+        Self {
+            url: None,
+            max_connections: 4,
+        }
     }
 }
 
 impl Finish for RawDatabase {
     type Output = DatabaseSettings;
 
-    fn finish(self, env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> DatabaseSettings {
-        let fallback = || env.get(DATABASE_URL_VAR).filter(|url| !url.is_empty()).map(|url| SecretString::from(url.as_str()));
+    fn finish(
+        self,
+        env: &HashMap<String, String>,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> DatabaseSettings {
+        let fallback = || {
+            env.get(DATABASE_URL_VAR)
+                .filter(|url| !url.is_empty())
+                .map(|url| SecretString::from(url.as_str()))
+        };
         let (url, source) = match self.url {
             Some(url) => (Some(url), None),
             None => (fallback(), Some(DATABASE_URL_VAR)),
@@ -506,9 +634,16 @@ impl Finish for RawDatabase {
             )),
         }
         if self.max_connections == 0 {
-            problems.push(ConfigProblem::new("database.max_connections", "is 0, so no query could run", "set it to at least 1"));
+            problems.push(ConfigProblem::new(
+                "database.max_connections",
+                "is 0, so no query could run",
+                "set it to at least 1",
+            ));
         }
-        DatabaseSettings { url: url.unwrap_or_default(), max_connections: self.max_connections }
+        DatabaseSettings {
+            url: url.unwrap_or_default(),
+            max_connections: self.max_connections,
+        }
     }
 }
 
@@ -557,13 +692,21 @@ impl Finish for ScheduleSettings {
         const FIX: &str = "write six fields, second minute hour day-of-month month day-of-week, e.g. \"0 */15 * * * *\"";
         let fields = self.cron.split_whitespace().count();
         if fields != 6 {
-            problems.push(ConfigProblem::new("schedule.cron", format!("{:?} has {fields} fields, not 6", self.cron), FIX));
+            let problem = format!(
+                "{:?} is not six fields, seconds first (found {fields})",
+                self.cron
+            );
+            problems.push(ConfigProblem::new("schedule.cron", problem, FIX));
         } else if let Err(error) = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Required)
             .build()
             .parse(&self.cron)
         {
-            problems.push(ConfigProblem::new("schedule.cron", format!("{:?} is not a valid schedule: {error}", self.cron), FIX));
+            problems.push(ConfigProblem::new(
+                "schedule.cron",
+                format!("{:?} is not a valid schedule: {error}", self.cron),
+                FIX,
+            ));
         }
         self
     }
@@ -621,12 +764,18 @@ mod tests {
     #[test]
     fn env_attribution_matches_nested_variables_only() {
         let env = HashMap::from([
-            ("SCAN_AGENT_SYNC__AGENTS__IDS_FILE".to_owned(), "/x".to_owned()),
+            (
+                "SCAN_AGENT_SYNC__AGENTS__IDS_FILE".to_owned(),
+                "/x".to_owned(),
+            ),
             ("SCAN_AGENT_SYNC__TYPO__KEY".to_owned(), "1".to_owned()),
         ]);
         let file = Path::new("/etc/c.toml");
         assert_eq!(source_of("agents.ids[2]", file, &env), "/etc/c.toml");
-        assert_eq!(source_of("agents.ids_file", file, &env), "SCAN_AGENT_SYNC__AGENTS__IDS_FILE");
+        assert_eq!(
+            source_of("agents.ids_file", file, &env),
+            "SCAN_AGENT_SYNC__AGENTS__IDS_FILE"
+        );
         assert_eq!(source_of("typo", file, &env), "SCAN_AGENT_SYNC__TYPO__KEY");
     }
 

@@ -5,7 +5,10 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use serde::de::value::MapAccessDeserializer;
-use serde::de::{self, Deserialize, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, Deserialize, DeserializeOwned, Deserializer, Error as _, IntoDeserializer, MapAccess,
+    SeqAccess, Visitor,
+};
 
 use crate::rate_window::RateWindow;
 
@@ -47,7 +50,9 @@ where
 
 /// Rate windows as a list of `{ calls, per }` tables or of compact `CALLS/DURATION` strings,
 /// so `SCAN_AGENT_SYNC__RATE_LIMIT__WINDOWS=100/1m,1500/1h` works.
-pub(crate) fn rate_windows<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<RateWindow>, D::Error> {
+pub(crate) fn rate_windows<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<RateWindow>, D::Error> {
     /// One window in either form.
     struct Window(RateWindow);
 
@@ -63,7 +68,9 @@ pub(crate) fn rate_windows<'de, D: Deserializer<'de>>(deserializer: D) -> Result
                 }
 
                 fn visit_str<E: de::Error>(self, text: &str) -> Result<Window, E> {
-                    RateWindow::parse_compact(text).map(Window).map_err(E::custom)
+                    RateWindow::parse_compact(text)
+                        .map(Window)
+                        .map_err(E::custom)
                 }
 
                 fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Window, A::Error> {
@@ -75,7 +82,23 @@ pub(crate) fn rate_windows<'de, D: Deserializer<'de>>(deserializer: D) -> Result
         }
     }
 
-    Ok(list::<D, Window>(deserializer)?.into_iter().map(|Window(window)| window).collect())
+    Ok(list::<D, Window>(deserializer)?
+        .into_iter()
+        .map(|Window(window)| window)
+        .collect())
+}
+
+/// A unit enum variant by name, through serde's own string deserializer because its error
+/// lists the valid names ("unknown variant `xml`, expected `text` or `json`") and the
+/// `config` crate's does not.
+pub(crate) fn variant<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    let name = String::deserialize(deserializer)?;
+    T::deserialize(name.trim().into_deserializer())
+        .map_err(|error: de::value::Error| D::Error::custom(error))
 }
 
 /// An optional value where `""` means unset: an environment variable can be emptied to
@@ -88,7 +111,9 @@ where
     // Only called when the key is present (absent keys take the section's default), and
     // neither TOML nor the environment has a null, so the value is always a string.
     let text = String::deserialize(deserializer)?;
-    Ok(Some(text).filter(|text| !text.trim().is_empty()).map(T::from))
+    Ok(Some(text)
+        .filter(|text| !text.trim().is_empty())
+        .map(T::from))
 }
 
 #[cfg(test)]
@@ -99,7 +124,10 @@ mod tests {
 
     use super::*;
 
-    fn from_str<T>(f: fn(StrDeserializer<'static, Error>) -> Result<T, Error>, text: &'static str) -> Result<T, Error> {
+    fn from_str<T>(
+        f: fn(StrDeserializer<'static, Error>) -> Result<T, Error>,
+        text: &'static str,
+    ) -> Result<T, Error> {
         f(text.into_deserializer())
     }
 
@@ -115,8 +143,20 @@ mod tests {
     fn compact_windows_parse_and_zero_is_refused() {
         let windows = from_str(rate_windows, "100/1m,1500/1h").unwrap();
         assert_eq!(windows, RateWindow::defender_defaults());
-        assert_eq!(from_str(rate_windows, "5/2s").unwrap()[0].per, Duration::from_secs(2));
+        assert_eq!(
+            from_str(rate_windows, "5/2s").unwrap()[0].per,
+            Duration::from_secs(2)
+        );
         assert!(from_str(rate_windows, "0/1m").is_err());
+    }
+
+    #[test]
+    fn unknown_variants_list_the_valid_ones() {
+        let error = from_str::<crate::config::LogFormat>(variant, "xml").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "unknown variant `xml`, expected `text` or `json`"
+        );
     }
 
     #[test]

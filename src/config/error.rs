@@ -25,12 +25,22 @@ pub struct ConfigProblem {
 impl ConfigProblem {
     /// A problem with one key; its source is filled in later by whoever knows the inputs.
     pub(crate) fn new(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { key: Some(key.to_owned()), source: None, problem: problem.into(), fix: fix.into() }
+        Self {
+            key: Some(key.to_owned()),
+            source: None,
+            problem: problem.into(),
+            fix: fix.into(),
+        }
     }
 
     /// A problem with an input as a whole rather than one key.
     pub(crate) fn unkeyed(problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { key: None, source: None, problem: problem.into(), fix: fix.into() }
+        Self {
+            key: None,
+            source: None,
+            problem: problem.into(),
+            fix: fix.into(),
+        }
     }
 
     /// Records where the offending value came from.
@@ -46,6 +56,7 @@ impl ConfigProblem {
     /// "expected ...").
     pub(crate) fn from_deserialize(section: Option<&str>, error: ::config::ConfigError) -> Self {
         let (inner_key, problem) = flatten(error);
+        let inner_key = inner_key.map(|key| dot_after_index(&key));
         let mut key = match (section, inner_key) {
             (Some(section), Some(inner)) if inner.starts_with('[') => format!("{section}{inner}"),
             (Some(section), Some(inner)) => format!("{section}.{inner}"),
@@ -56,9 +67,13 @@ impl ConfigProblem {
         // serde names an unknown field only inside its message; make it part of the key so
         // the operator sees `defender.tenant` rather than just `defender`.
         if let Some(field) = unknown_field(&problem) {
-            key = if key.is_empty() { field.to_owned() } else { format!("{key}.{field}") };
+            key = if key.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{key}.{field}")
+            };
         }
-        let fix = fix_for(&problem);
+        let (problem, fix) = split_fix(&problem);
         if key.is_empty() {
             Self::unkeyed(problem, fix)
         } else {
@@ -70,9 +85,15 @@ impl ConfigProblem {
 /// Splits a `config` crate error into the key it carries (if any) and the bare message.
 fn flatten(error: ::config::ConfigError) -> (Option<String>, String) {
     match error {
-        ::config::ConfigError::Type { unexpected, expected, key, .. } => {
-            (key, format!("invalid type: {unexpected}, expected {expected}"))
-        }
+        ::config::ConfigError::Type {
+            unexpected,
+            expected,
+            key,
+            ..
+        } => (
+            key,
+            format!("invalid type: {unexpected}, expected {expected}"),
+        ),
         ::config::ConfigError::At { error, key, .. } => {
             let (inner_key, message) = flatten(*error);
             (key.or(inner_key), message)
@@ -82,22 +103,42 @@ fn flatten(error: ::config::ConfigError) -> (Option<String>, String) {
     }
 }
 
+/// `windows[1].per` from the `config` crate's `windows[1]per`.
+fn dot_after_index(key: &str) -> String {
+    let mut fixed = String::with_capacity(key.len() + 2);
+    let mut after_index = false;
+    for c in key.chars() {
+        if after_index && c != '[' && c != '.' {
+            fixed.push('.');
+        }
+        fixed.push(c);
+        after_index = c == ']';
+    }
+    fixed
+}
+
 /// The field name in serde's "unknown field `x`, expected ..." message.
 fn unknown_field(message: &str) -> Option<&str> {
     message.strip_prefix("unknown field `")?.split('`').next()
 }
 
-/// A fix derived from serde's standard messages.
-fn fix_for(problem: &str) -> String {
-    if problem.starts_with("unknown field") {
-        format!("remove the key or correct its spelling; {EXAMPLE} lists every key")
-    } else if problem.ends_with("expected a duration") {
+/// Splits serde's "what was found, expected what" message into the problem and a fix, so
+/// the expectation is stated once, as the fix.
+fn split_fix(message: &str) -> (String, String) {
+    let Some((found, expected)) = message.rsplit_once(", expected ") else {
+        return (
+            message.to_owned(),
+            format!("correct the value; {EXAMPLE} documents every key"),
+        );
+    };
+    let fix = if found.starts_with("unknown field") {
+        format!("remove the key or correct its spelling; valid keys here: {expected}")
+    } else if expected == "a duration" {
         "write a duration such as \"90s\", \"15m\" or \"24h\"".to_owned()
-    } else if let Some((_, expected)) = problem.rsplit_once(", expected ") {
-        format!("write {expected}")
     } else {
-        format!("correct the value; {EXAMPLE} documents every key")
-    }
+        format!("write {expected}")
+    };
+    (found.to_owned(), fix)
 }
 
 impl fmt::Display for ConfigProblem {
@@ -132,11 +173,12 @@ impl ConfigError {
         &self.problems
     }
 
-    /// Fills in the source of problems that do not know theirs yet.
-    pub(crate) fn attribute(mut self, source_of: impl Fn(&str) -> String) -> Self {
+    /// Fills in the source of problems that do not know theirs yet, from their key (`None`
+    /// for problems with the file as a whole).
+    pub(crate) fn attribute(mut self, source_of: impl Fn(Option<&str>) -> String) -> Self {
         for problem in &mut self.problems {
-            if let (None, Some(key)) = (&problem.source, &problem.key) {
-                problem.source = Some(source_of(key));
+            if problem.source.is_none() {
+                problem.source = Some(source_of(problem.key.as_deref()));
             }
         }
         self
@@ -155,7 +197,8 @@ impl fmt::Display for ConfigError {
             [only] => write!(f, "invalid configuration: {only}"),
             all => {
                 write!(f, "invalid configuration, {} problems:", all.len())?;
-                all.iter().try_for_each(|problem| write!(f, "\n  - {problem}"))
+                all.iter()
+                    .try_for_each(|problem| write!(f, "\n  - {problem}"))
             }
         }
     }
@@ -174,16 +217,26 @@ mod tests {
         );
         let problem = ConfigProblem::from_deserialize(Some("defender"), error);
         assert_eq!(problem.key.as_deref(), Some("defender.tenant"));
-        assert!(problem.fix.contains("spelling"), "{problem}");
+        assert_eq!(problem.problem, "unknown field `tenant`");
+        assert!(problem.fix.contains("`tenant_id`"), "{problem}");
     }
 
     #[test]
-    fn fix_repeats_what_serde_expected() {
+    fn index_segments_are_followed_by_a_dot() {
+        assert_eq!(dot_after_index("windows[1]per"), "windows[1].per");
+        assert_eq!(dot_after_index("a[0][2].b[3]"), "a[0][2].b[3]");
+    }
+
+    #[test]
+    fn expectation_becomes_the_fix() {
+        let (problem, fix) = split_fix("unknown variant `eu`, expected one of `commercial`, `gcc`");
         assert_eq!(
-            fix_for("unknown variant `eu`, expected one of `commercial`, `gcc`"),
-            "write one of `commercial`, `gcc`"
+            (problem.as_str(), fix.as_str()),
+            ("unknown variant `eu`", "write one of `commercial`, `gcc`")
         );
-        assert!(fix_for("invalid value: string \"1x\", expected a duration").contains("\"15m\""));
+        let (problem, fix) = split_fix("invalid value: string \"1x\", expected a duration");
+        assert_eq!(problem, "invalid value: string \"1x\"");
+        assert!(fix.contains("\"15m\""), "{fix}");
     }
 
     #[test]

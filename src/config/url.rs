@@ -46,7 +46,9 @@ pub(crate) fn redact_url(url: &str) -> String {
             let query: Vec<String> = query
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
-                    Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}={REDACTED}"),
+                    Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                        format!("{name}={REDACTED}")
+                    }
                     _ => pair.to_owned(),
                 })
                 .collect();
@@ -73,8 +75,14 @@ mod tests {
 
     #[test]
     fn passwords_are_hidden() {
-        assert_eq!(redact_url("postgres://u:pw@db:5432/x"), "postgres://u:[redacted]@db:5432/x");
-        assert_eq!(redact_url("postgres://u:p/w@d@db/x"), "postgres://u:[redacted]@db/x");
+        assert_eq!(
+            redact_url("postgres://u:pw@db:5432/x"),
+            "postgres://u:[redacted]@db:5432/x"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p/w@d@db/x"),
+            "postgres://u:[redacted]@db/x"
+        );
         assert_eq!(
             redact_url("postgres://db/x?user=u&password=pw&sslmode=require"),
             "postgres://db/x?user=u&password=[redacted]&sslmode=require"
