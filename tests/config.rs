@@ -257,7 +257,12 @@ fn unknown_key_in_file_is_rejected() {
     let message = Case::new().reject(&with("[defender]\ntenant = \"x\""));
     assert_mentions(
         &message,
-        &["`defender.tenant`", "config.toml", "`tenant_id`", "spelling"],
+        &[
+            "`defender.tenant`",
+            "config.toml",
+            "`tenant_id`",
+            "spelling",
+        ],
     );
 }
 
