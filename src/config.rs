@@ -1,0 +1,621 @@
+//! The configuration: one TOML file, every key overridable by `SCAN_AGENT_SYNC__SECTION__KEY`
+//! environment variables (PRODUCT.md, "Configuration").
+//!
+//! Loading checks everything that can be checked without the network and reports every
+//! problem at once, each naming its key, where the value came from and the fix, so `run`
+//! fails before it starts rather than hours later. The client secret is the exception: it is
+//! read only when needed ([`DefenderSettings::client_secret`]).
+
+mod agents;
+mod de;
+mod defender;
+mod error;
+mod show;
+mod url;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::{DeserializeOwned, Error as _, Unexpected};
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use self::agents::AgentsSettings;
+pub use self::defender::{Cloud, DefenderSettings, FetchMode};
+pub use self::error::{ConfigError, ConfigProblem};
+use self::url::{check_http_url, redact_url};
+use crate::rate_window::RateWindow;
+
+/// Prefix of the environment variables that override keys; `__` separates section and key.
+const ENV_PREFIX: &str = "SCAN_AGENT_SYNC__";
+
+/// Consulted when `database.url` is unset, because every PostgreSQL tool (and sqlx) reads it.
+const DATABASE_URL_VAR: &str = "DATABASE_URL";
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The Defender API connection.
+    pub defender: DefenderSettings,
+    /// The API budget.
+    pub rate_limit: RateLimitSettings,
+    /// Which agents to track.
+    pub agents: AgentsSettings,
+    /// When sync cycles run.
+    pub schedule: ScheduleSettings,
+    /// The PostgreSQL connection.
+    pub database: DatabaseSettings,
+    /// When an agent counts as stale.
+    pub stale: StaleSettings,
+    /// Where stale alerts go.
+    pub alerts: AlertSettings,
+    /// The metrics and health endpoints.
+    pub http: HttpSettings,
+    /// Log output.
+    pub log: LogSettings,
+}
+
+/// The API budget: every window holds in any interval of its length.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// Sliding windows; all of them apply.
+    #[serde(deserialize_with = "de::rate_windows")]
+    pub windows: Vec<RateWindow>,
+    /// Requests allowed in flight at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            windows: RateWindow::defender_defaults(),
+            max_in_flight: 4,
+        }
+    }
+}
+
+/// When sync cycles run.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSettings {
+    /// Six-field cron expression, seconds first, in UTC; validated with the parser settings
+    /// tokio-cron-scheduler uses, so the scheduler cannot reject what loading accepted.
+    pub cron: String,
+}
+
+impl Default for ScheduleSettings {
+    fn default() -> Self {
+        Self {
+            cron: "0 */15 * * * *".to_owned(),
+        }
+    }
+}
+
+/// The PostgreSQL connection.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// Connection URL; secret because it usually carries the password.
+    pub url: SecretString,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+/// When an agent counts as stale.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StaleSettings {
+    /// Stale when `now - last_seen` exceeds this.
+    #[serde(with = "humantime_serde")]
+    pub after: Duration,
+}
+
+impl Default for StaleSettings {
+    fn default() -> Self {
+        Self {
+            after: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// The body format of alert webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertFormat {
+    /// Alertmanager's `POST /api/v2/alerts` body, so alerts can go straight to Alertmanager.
+    #[default]
+    Alertmanager,
+    /// A plain JSON object per alert, for generic webhooks.
+    Json,
+}
+
+/// Where stale alerts go.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    /// Webhook to notify; `None` (written `""`) keeps alerts in the log and metrics only.
+    #[serde(deserialize_with = "de::non_empty")]
+    pub webhook_url: Option<String>,
+    /// Body format.
+    #[serde(deserialize_with = "de::variant")]
+    pub format: AlertFormat,
+    /// Re-notify a still-stale agent this often; zero notifies once per episode.
+    #[serde(with = "humantime_serde")]
+    pub repeat_interval: Duration,
+}
+
+/// Webhook URLs may carry credentials (`https://user:password@host/...`), so Debug hides
+/// them as [`Settings::redacted`] does.
+impl std::fmt::Debug for AlertSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertSettings")
+            .field("webhook_url", &self.webhook_url.as_deref().map(redact_url))
+            .field("format", &self.format)
+            .field("repeat_interval", &self.repeat_interval)
+            .finish()
+    }
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            format: AlertFormat::default(),
+            repeat_interval: Duration::ZERO,
+        }
+    }
+}
+
+/// The metrics and health endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Listen address; `None` (written `""`) disables the endpoints.
+    #[serde(deserialize_with = "listen_address")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
+}
+
+/// Parses `http.listen`, where `""` means disabled.
+fn listen_address<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    de::non_empty::<D, String>(deserializer)?
+        .map(|text| {
+            text.trim().parse().map_err(|_| {
+                D::Error::invalid_value(
+                    Unexpected::Str(&text),
+                    &"an IP:PORT address such as 127.0.0.1:9464, or \"\" to disable the endpoints",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal or the journal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// Line format.
+    #[serde(deserialize_with = "de::variant")]
+    pub format: LogFormat,
+    /// A `tracing` filter: a level (`info`) or directives (`scan_agent_sync=debug,info`).
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `path` with overrides from the process environment.
+    ///
+    /// Variables that are not valid Unicode are skipped; none of ours can need that.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
+            .collect();
+        Self::load_with_env(path, &env)
+    }
+
+    /// Loads `path` with overrides from `env` instead of the process environment, so tests
+    /// are isolated from it and from each other.
+    pub fn load_with_env(
+        path: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            ConfigProblem::unkeyed(
+                format!("cannot read the config file: {error}"),
+                "check the path (--config or SCAN_AGENT_SYNC_CONFIG) and that this user may read it",
+            )
+            .at(path.display())
+        })?;
+        Self::parse(&text, env).map_err(|error| {
+            error.attribute(|key| match key {
+                Some(key) => source_of(key, path, env),
+                None => path.display().to_string(),
+            })
+        })
+    }
+
+    /// Builds the settings from the file's text and the environment.
+    fn parse(text: &str, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+        // The secret variable is read by DefenderSettings itself, so it never becomes a key.
+        let overrides: ::config::Map<String, String> = env
+            .iter()
+            .filter(|(key, _)| {
+                key.starts_with(ENV_PREFIX) && key.as_str() != defender::CLIENT_SECRET_VAR
+            })
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let merged = ::config::Config::builder()
+            .add_source(::config::File::from_str(text, ::config::FileFormat::Toml))
+            .add_source(
+                ::config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
+                    .separator("__")
+                    .source(Some(overrides)),
+            )
+            .build()
+            .map_err(|error| {
+                ConfigProblem::unkeyed(summarize_parse_error(&error), "correct the TOML syntax")
+            })?;
+        let raw: RawSettings = merged
+            .try_deserialize()
+            .map_err(|error| ConfigProblem::from_deserialize(None, error))?;
+
+        let mut problems = Vec::new();
+        let defender = finish("defender", raw.defender, env, &mut problems);
+        let rate_limit = finish("rate_limit", raw.rate_limit, env, &mut problems);
+        let agents = finish("agents", raw.agents, env, &mut problems);
+        let schedule = finish("schedule", raw.schedule, env, &mut problems);
+        let database = finish("database", raw.database, env, &mut problems);
+        let stale = finish("stale", raw.stale, env, &mut problems);
+        let alerts = finish("alerts", raw.alerts, env, &mut problems);
+        let http = finish("http", raw.http, env, &mut problems);
+        let log = finish("log", raw.log, env, &mut problems);
+        match (
+            defender, rate_limit, agents, schedule, database, stale, alerts, http, log,
+        ) {
+            (
+                Some(defender),
+                Some(rate_limit),
+                Some(agents),
+                Some(schedule),
+                Some(database),
+                Some(stale),
+                Some(alerts),
+                Some(http),
+                Some(log),
+            ) if problems.is_empty() => Ok(Settings {
+                defender,
+                rate_limit,
+                agents,
+                schedule,
+                database,
+                stale,
+                alerts,
+                http,
+                log,
+            }),
+            _ => Err(ConfigError::new(problems)),
+        }
+    }
+}
+
+/// The first and last lines of a TOML syntax error. The lines between quote the offending
+/// line of the file, which may hold the database password.
+fn summarize_parse_error(error: &::config::ConfigError) -> String {
+    let text = error.to_string();
+    let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+    match (lines.next(), lines.next_back()) {
+        (Some(first), Some(last)) => format!("{first}: {last}"),
+        (Some(only), None) => only.to_owned(),
+        _ => text,
+    }
+}
+
+/// Where the value of `key` came from: the environment variable that sets it (or anything
+/// below it), else the config file.
+fn source_of(key: &str, file: &Path, env: &HashMap<String, String>) -> String {
+    let field = key.split('[').next().unwrap_or(key);
+    let var = format!("{ENV_PREFIX}{}", field.replace('.', "__").to_uppercase());
+    let nested = format!("{var}__");
+    let mut from_env: Vec<&String> = env
+        .keys()
+        .filter(|name| **name == var || name.starts_with(&nested))
+        .collect();
+    from_env.sort();
+    match from_env.first() {
+        Some(name) => (*name).clone(),
+        None => file.display().to_string(),
+    }
+}
+
+/// A section as written, turned into its settings after the checks serde cannot express.
+trait Finish: DeserializeOwned + Default {
+    /// The validated settings.
+    type Output;
+
+    /// Checks the values, adding any problems to `problems`; `env` serves the few keys with
+    /// non-prefixed fallbacks (`DATABASE_URL`, `CREDENTIALS_DIRECTORY`).
+    fn finish(
+        self,
+        env: &HashMap<String, String>,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> Self::Output;
+}
+
+/// Finishes section `name`, or records why it could not be read.
+fn finish<T: Finish>(
+    name: &str,
+    section: Section<T>,
+    env: &HashMap<String, String>,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<T::Output> {
+    match section.0 {
+        Ok(raw) => Some(raw.finish(env, problems)),
+        Err(error) => {
+            problems.push(ConfigProblem::from_deserialize(Some(name), error));
+            None
+        }
+    }
+}
+
+/// A section that keeps its own deserialization error, so a mistake in one section does not
+/// hide the mistakes in the others.
+struct Section<T>(Result<T, ::config::ConfigError>);
+
+impl<T: Default> Default for Section<T> {
+    fn default() -> Self {
+        Self(Ok(T::default()))
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Section<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = ::config::Value::deserialize(deserializer)?;
+        Ok(Self(value.try_deserialize()))
+    }
+}
+
+/// The file and environment merged, section by section.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSettings {
+    defender: Section<defender::RawDefender>,
+    rate_limit: Section<RateLimitSettings>,
+    agents: Section<agents::RawAgents>,
+    schedule: Section<ScheduleSettings>,
+    database: Section<RawDatabase>,
+    stale: Section<StaleSettings>,
+    alerts: Section<AlertSettings>,
+    http: Section<HttpSettings>,
+    log: Section<LogSettings>,
+}
+
+/// `[database]` as written; `url` may instead come from `DATABASE_URL`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    url: Option<SecretString>,
+    max_connections: u32,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 4,
+        }
+    }
+}
+
+impl Finish for RawDatabase {
+    type Output = DatabaseSettings;
+
+    fn finish(
+        self,
+        env: &HashMap<String, String>,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> DatabaseSettings {
+        let fallback = || {
+            env.get(DATABASE_URL_VAR)
+                .filter(|url| !url.is_empty())
+                .map(|url| SecretString::from(url.as_str()))
+        };
+        let (url, source) = match self.url {
+            Some(url) => (Some(url), None),
+            None => (fallback(), Some(DATABASE_URL_VAR)),
+        };
+        match &url {
+            // The URL is never quoted: it usually holds the password.
+            Some(url) if !["postgres://", "postgresql://"].iter().any(|scheme| url.expose_secret().starts_with(scheme)) => {
+                let problem = ConfigProblem::new(
+                    "database.url",
+                    "is not a postgres:// or postgresql:// URL",
+                    "write it as postgres://USER@HOST/DATABASE (the password is best kept in ~/.pgpass or PGPASSWORD)",
+                );
+                problems.push(match source {
+                    Some(source) => problem.at(source),
+                    None => problem,
+                });
+            }
+            Some(_) => {}
+            None => problems.push(ConfigProblem::new(
+                "database.url",
+                "is not set",
+                "set database.url, SCAN_AGENT_SYNC__DATABASE__URL or DATABASE_URL to a postgres:// URL",
+            )),
+        }
+        if self.max_connections == 0 {
+            problems.push(ConfigProblem::new(
+                "database.max_connections",
+                "is 0, so no query could run",
+                "set it to at least 1",
+            ));
+        }
+        DatabaseSettings {
+            url: url.unwrap_or_default(),
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+impl Finish for RateLimitSettings {
+    type Output = Self;
+
+    fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self {
+        if self.windows.is_empty() {
+            problems.push(ConfigProblem::new(
+                "rate_limit.windows",
+                "is empty, so nothing would bound the API calls",
+                "list at least one window, e.g. [ { calls = 100, per = \"1m\" }, { calls = 1500, per = \"1h\" } ]",
+            ));
+        }
+        for (index, window) in self.windows.iter().enumerate() {
+            if window.calls == 0 {
+                problems.push(ConfigProblem::new(
+                    &format!("rate_limit.windows[{index}].calls"),
+                    "is 0, so no call could ever be made",
+                    "set it to at least 1",
+                ));
+            }
+            if window.per.is_zero() {
+                problems.push(ConfigProblem::new(
+                    &format!("rate_limit.windows[{index}].per"),
+                    "is zero, so the window limits nothing",
+                    "set a duration such as \"1m\"",
+                ));
+            }
+        }
+        if self.max_in_flight == 0 {
+            problems.push(ConfigProblem::new(
+                "rate_limit.max_in_flight",
+                "is 0, so no request could ever start",
+                "set it to at least 1",
+            ));
+        }
+        self
+    }
+}
+
+impl Finish for ScheduleSettings {
+    type Output = Self;
+
+    fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self {
+        const FIX: &str = "write six fields, second minute hour day-of-month month day-of-week, e.g. \"0 */15 * * * *\"";
+        let fields = self.cron.split_whitespace().count();
+        if fields != 6 {
+            let problem = format!(
+                "{:?} is not six fields, seconds first (found {fields})",
+                self.cron
+            );
+            problems.push(ConfigProblem::new("schedule.cron", problem, FIX));
+        } else if let Err(error) = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .build()
+            .parse(&self.cron)
+        {
+            problems.push(ConfigProblem::new(
+                "schedule.cron",
+                format!("{:?} is not a valid schedule: {error}", self.cron),
+                FIX,
+            ));
+        }
+        self
+    }
+}
+
+impl Finish for StaleSettings {
+    type Output = Self;
+
+    fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self {
+        if self.after.is_zero() {
+            problems.push(ConfigProblem::new(
+                "stale.after",
+                "is zero, so every agent would be stale",
+                "set a duration such as \"24h\"",
+            ));
+        }
+        self
+    }
+}
+
+impl Finish for AlertSettings {
+    type Output = Self;
+
+    fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self {
+        if let Some(Err(problem)) = self.webhook_url.as_deref().map(check_http_url) {
+            problems.push(ConfigProblem::new(
+                "alerts.webhook_url",
+                problem,
+                "write an absolute http(s) URL such as http://alertmanager:9093/api/v2/alerts, or \"\" for no webhook",
+            ));
+        }
+        self
+    }
+}
+
+/// Sections whose values serde checks completely.
+macro_rules! finished_by_serde {
+    ($($section:ty),*) => {$(
+        impl Finish for $section {
+            type Output = Self;
+
+            fn finish(self, _env: &HashMap<String, String>, _problems: &mut Vec<ConfigProblem>) -> Self {
+                self
+            }
+        }
+    )*};
+}
+
+finished_by_serde!(HttpSettings, LogSettings);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_attribution_matches_nested_variables_only() {
+        let env = HashMap::from([
+            (
+                "SCAN_AGENT_SYNC__AGENTS__IDS_FILE".to_owned(),
+                "/x".to_owned(),
+            ),
+            ("SCAN_AGENT_SYNC__TYPO__KEY".to_owned(), "1".to_owned()),
+        ]);
+        let file = Path::new("/etc/c.toml");
+        assert_eq!(source_of("agents.ids[2]", file, &env), "/etc/c.toml");
+        assert_eq!(
+            source_of("agents.ids_file", file, &env),
+            "SCAN_AGENT_SYNC__AGENTS__IDS_FILE"
+        );
+        assert_eq!(source_of("typo", file, &env), "SCAN_AGENT_SYNC__TYPO__KEY");
+    }
+}

@@ -1,0 +1,211 @@
+//! The `[agents]` section: which agent IDs to track, inline and from a file that can be
+//! re-read on SIGHUP.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::error::{ConfigError, ConfigProblem};
+use super::{Finish, de};
+use crate::agent_id::AgentId;
+
+/// The tracked agent IDs.
+#[derive(Debug, Clone)]
+pub struct AgentsSettings {
+    /// Inline IDs followed by those of `ids_file`, in order, without duplicates.
+    pub ids: Vec<AgentId>,
+    /// File with one ID per line, re-read by [`Self::reload`].
+    pub ids_file: Option<PathBuf>,
+    /// Track every agent the list endpoint returns, not only `ids`.
+    pub track_all: bool,
+    /// The inline IDs alone, kept so a reload can merge them with the file's new contents.
+    inline_ids: Vec<AgentId>,
+}
+
+impl AgentsSettings {
+    /// The inline IDs alone, for the redacted configuration.
+    pub(crate) fn inline_ids(&self) -> &[AgentId] {
+        &self.inline_ids
+    }
+
+    /// Re-reads `ids_file` and merges it with the inline IDs, validated as at load; for
+    /// SIGHUP, so a bad edit is reported and the running list kept.
+    pub fn reload(&self) -> Result<Vec<AgentId>, ConfigError> {
+        let inline = self
+            .inline_ids
+            .iter()
+            .enumerate()
+            .map(|(index, id)| (id.clone(), inline_place(index)));
+        let from_file = match &self.ids_file {
+            Some(path) => read_ids_file(path)?,
+            None => Vec::new(),
+        };
+        merge(inline.chain(from_file))
+    }
+}
+
+/// Where an inline ID is configured, as a key.
+fn inline_place(index: usize) -> String {
+    format!("agents.ids[{index}]")
+}
+
+/// Reads an ID file: one ID per line; blank lines, whole-line `#` comments and `#` comments
+/// after whitespace are ignored. Each ID comes with its `FILE:LINE` for error messages.
+fn read_ids_file(path: &Path) -> Result<Vec<(AgentId, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigProblem::new(
+            "agents.ids_file",
+            format!("cannot read {}: {error}", path.display()),
+            "check the path and that this service's user may read the file",
+        )
+        .at(path.display())
+    })?;
+    let mut ids = Vec::new();
+    let mut problems = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let place = format!("{}:{}", path.display(), index + 1);
+        let entry = strip_comment(line).trim();
+        if entry.is_empty() {
+            continue;
+        }
+        match AgentId::parse(entry) {
+            Ok(id) => ids.push((id, place)),
+            Err(error) => problems.push(
+                ConfigProblem::new(
+                    "agents.ids_file",
+                    error.to_string(),
+                    "correct or remove the line; the file holds one ID per line, comments start with #",
+                )
+                .at(place),
+            ),
+        }
+    }
+    if problems.is_empty() {
+        Ok(ids)
+    } else {
+        Err(ConfigError::new(problems))
+    }
+}
+
+/// The line without a comment: `#` at its start or after whitespace begins one, so an ID
+/// that happens to contain `#` survives.
+fn strip_comment(line: &str) -> &str {
+    let mut previous_is_space = true;
+    for (at, c) in line.char_indices() {
+        if c == '#' && previous_is_space {
+            return &line[..at];
+        }
+        previous_is_space = c.is_whitespace();
+    }
+    line
+}
+
+/// Keeps the order and rejects repeats, naming both places: a repeated ID is almost always a
+/// copy-paste slip, and silently dropping it would hide which list the operator meant.
+fn merge(entries: impl Iterator<Item = (AgentId, String)>) -> Result<Vec<AgentId>, ConfigError> {
+    let mut first_place: HashMap<AgentId, String> = HashMap::new();
+    let mut ids = Vec::new();
+    let mut problems = Vec::new();
+    for (id, place) in entries {
+        if let Some(first) = first_place.get(&id) {
+            problems.push(duplicate(&id, first, place));
+        } else {
+            first_place.insert(id.clone(), place);
+            ids.push(id);
+        }
+    }
+    if problems.is_empty() {
+        Ok(ids)
+    } else {
+        Err(ConfigError::new(problems))
+    }
+}
+
+/// The problem for `id` found again at `place`, a key or a `FILE:LINE`.
+fn duplicate(id: &AgentId, first: &str, place: String) -> ConfigProblem {
+    let (key, source) = if place.starts_with("agents.ids[") {
+        (place.as_str(), None)
+    } else {
+        ("agents.ids_file", Some(place.as_str()))
+    };
+    let problem = ConfigProblem::new(
+        key,
+        format!("agent ID {id} is listed twice, first at {first}"),
+        "remove one of the two entries",
+    );
+    match source {
+        Some(source) => problem.at(source),
+        None => problem,
+    }
+}
+
+/// `[agents]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawAgents {
+    #[serde(deserialize_with = "de::list")]
+    ids: Vec<String>,
+    #[serde(deserialize_with = "de::non_empty")]
+    ids_file: Option<PathBuf>,
+    track_all: bool,
+}
+
+/// Validates the inline IDs and reads `ids_file`.
+impl Finish for RawAgents {
+    type Output = AgentsSettings;
+
+    fn finish(
+        self,
+        _env: &HashMap<String, String>,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> AgentsSettings {
+        let mut inline_ids = Vec::with_capacity(self.ids.len());
+        for (index, raw) in self.ids.iter().enumerate() {
+            match AgentId::parse(raw.trim()) {
+                Ok(id) => inline_ids.push(id),
+                Err(error) => problems.push(ConfigProblem::new(
+                    &inline_place(index),
+                    error.to_string(),
+                    "correct or remove the ID; IDs look like `orgGuid_machineId`",
+                )),
+            }
+        }
+        let mut settings = AgentsSettings {
+            ids: Vec::new(),
+            ids_file: self.ids_file,
+            track_all: self.track_all,
+            inline_ids,
+        };
+        match settings.reload() {
+            Ok(ids) => settings.ids = ids,
+            Err(error) => problems.extend_from_slice(error.problems()),
+        }
+        settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comments_need_whitespace_before_them() {
+        assert_eq!(strip_comment("# whole line"), "");
+        assert_eq!(strip_comment("abc # trailing"), "abc ");
+        assert_eq!(strip_comment("abc\t#trailing"), "abc\t");
+        assert_eq!(strip_comment("ab#c"), "ab#c");
+    }
+
+    #[test]
+    fn duplicates_name_both_places() {
+        let id = AgentId::parse("a").unwrap();
+        let error = merge([(id.clone(), inline_place(0)), (id, "/f:3".to_owned())].into_iter())
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("agents.ids[0]") && text.contains("/f:3"),
+            "{text}"
+        );
+    }
+}
