@@ -56,12 +56,7 @@ pub enum RecordError {
     #[error("agent {id}: required field `{field}` is missing or null")]
     MissingField { id: String, field: &'static str },
     #[error("agent {id}: field `{field}` should be {expected}, got {got}")]
-    BadField {
-        id: String,
-        field: &'static str,
-        expected: &'static str,
-        got: String,
-    },
+    BadField { id: String, field: &'static str, expected: &'static str, got: String },
 }
 
 impl AgentRecord {
@@ -82,23 +77,18 @@ impl AgentRecord {
             scanner_software_version: text("scannerSoftwareVersion")?,
             mde_client_version: text("mdeClientVersion")?,
         };
-        let last_seen = optional_timestamp(object, &id, "lastSeen")?.ok_or_else(|| {
-            RecordError::MissingField { id: id.to_string(), field: "lastSeen" }
-        })?;
-        let last_command_execution_at =
-            optional_timestamp(object, &id, "lastCommandExecutionTimestamp")?;
+        let last_seen = optional_timestamp(object, &id, "lastSeen")?
+            .ok_or_else(|| RecordError::MissingField { id: id.to_string(), field: "lastSeen" })?;
+        let last_command_execution_at = optional_timestamp(object, &id, "lastCommandExecutionTimestamp")?;
         Ok(Self { id, attributes, last_seen, last_command_execution_at, raw })
     }
 }
 
 /// Looks a field up by name, ignoring ASCII case; an exact match wins over a case-folded one.
 fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    object.get(name).or_else(|| {
-        object
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value)
-    })
+    object
+        .get(name)
+        .or_else(|| object.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value))
 }
 
 fn optional_string(
@@ -132,9 +122,7 @@ fn optional_timestamp(
 fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     let parsed = DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .or_else(|_| {
-            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc())
-        })
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc()))
         .ok()?;
     Some(parsed.trunc_subsecs(6))
 }
@@ -223,7 +211,10 @@ mod tests {
         v["computerDnsName"] = Value::Null;
         assert_eq!(AgentRecord::from_json(v.clone()).unwrap().attributes.computer_dns_name, None);
         v["mdeClientVersion"] = json!(10);
-        assert!(matches!(AgentRecord::from_json(v), Err(RecordError::BadField { field: "mdeClientVersion", .. })));
+        assert!(matches!(
+            AgentRecord::from_json(v),
+            Err(RecordError::BadField { field: "mdeClientVersion", .. })
+        ));
         assert_eq!(AgentRecord::from_json(json!([1])), Err(RecordError::NotAnObject));
         assert_eq!(AgentRecord::from_json(json!({"lastSeen": "x"})), Err(RecordError::MissingId));
     }

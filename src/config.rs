@@ -70,10 +70,7 @@ pub struct RateLimitSettings {
 
 impl Default for RateLimitSettings {
     fn default() -> Self {
-        Self {
-            windows: RateWindow::defender_defaults(),
-            max_in_flight: 4,
-        }
+        Self { windows: RateWindow::defender_defaults(), max_in_flight: 4 }
     }
 }
 
@@ -88,9 +85,7 @@ pub struct ScheduleSettings {
 
 impl Default for ScheduleSettings {
     fn default() -> Self {
-        Self {
-            cron: "0 */15 * * * *".to_owned(),
-        }
+        Self { cron: "0 */15 * * * *".to_owned() }
     }
 }
 
@@ -114,9 +109,7 @@ pub struct StaleSettings {
 
 impl Default for StaleSettings {
     fn default() -> Self {
-        Self {
-            after: Duration::from_secs(24 * 60 * 60),
-        }
+        Self { after: Duration::from_secs(24 * 60 * 60) }
     }
 }
 
@@ -160,11 +153,7 @@ impl std::fmt::Debug for AlertSettings {
 
 impl Default for AlertSettings {
     fn default() -> Self {
-        Self {
-            webhook_url: None,
-            format: AlertFormat::default(),
-            repeat_interval: Duration::ZERO,
-        }
+        Self { webhook_url: None, format: AlertFormat::default(), repeat_interval: Duration::ZERO }
     }
 }
 
@@ -179,16 +168,12 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self {
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
-        }
+        Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
     }
 }
 
 /// Parses `http.listen`, where `""` means disabled.
-fn listen_address<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<SocketAddr>, D::Error> {
+fn listen_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
     de::non_empty::<D, String>(deserializer)?
         .map(|text| {
             text.trim().parse().map_err(|_| {
@@ -225,10 +210,7 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self {
-            format: LogFormat::default(),
-            level: "info".to_owned(),
-        }
+        Self { format: LogFormat::default(), level: "info".to_owned() }
     }
 }
 
@@ -245,10 +227,7 @@ impl Settings {
 
     /// Loads `path` with overrides from `env` instead of the process environment, so tests
     /// are isolated from it and from each other.
-    pub fn load_with_env(
-        path: &Path,
-        env: &HashMap<String, String>,
-    ) -> Result<Settings, ConfigError> {
+    pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| {
             ConfigProblem::unkeyed(
                 format!("cannot read the config file: {error}"),
@@ -269,9 +248,7 @@ impl Settings {
         // The secret variable is read by DefenderSettings itself, so it never becomes a key.
         let overrides: ::config::Map<String, String> = env
             .iter()
-            .filter(|(key, _)| {
-                key.starts_with(ENV_PREFIX) && key.as_str() != defender::CLIENT_SECRET_VAR
-            })
+            .filter(|(key, _)| key.starts_with(ENV_PREFIX) && key.as_str() != defender::CLIENT_SECRET_VAR)
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         let merged = ::config::Config::builder()
@@ -285,9 +262,8 @@ impl Settings {
             .map_err(|error| {
                 ConfigProblem::unkeyed(summarize_parse_error(&error), "correct the TOML syntax")
             })?;
-        let raw: RawSettings = merged
-            .try_deserialize()
-            .map_err(|error| ConfigProblem::from_deserialize(None, error))?;
+        let raw: RawSettings =
+            merged.try_deserialize().map_err(|error| ConfigProblem::from_deserialize(None, error))?;
 
         let mut problems = Vec::new();
         let defender = finish("defender", raw.defender, env, &mut problems);
@@ -299,9 +275,7 @@ impl Settings {
         let alerts = finish("alerts", raw.alerts, env, &mut problems);
         let http = finish("http", raw.http, env, &mut problems);
         let log = finish("log", raw.log, env, &mut problems);
-        match (
-            defender, rate_limit, agents, schedule, database, stale, alerts, http, log,
-        ) {
+        match (defender, rate_limit, agents, schedule, database, stale, alerts, http, log) {
             (
                 Some(defender),
                 Some(rate_limit),
@@ -312,17 +286,9 @@ impl Settings {
                 Some(alerts),
                 Some(http),
                 Some(log),
-            ) if problems.is_empty() => Ok(Settings {
-                defender,
-                rate_limit,
-                agents,
-                schedule,
-                database,
-                stale,
-                alerts,
-                http,
-                log,
-            }),
+            ) if problems.is_empty() => {
+                Ok(Settings { defender, rate_limit, agents, schedule, database, stale, alerts, http, log })
+            }
             _ => Err(ConfigError::new(problems)),
         }
     }
@@ -346,10 +312,8 @@ fn source_of(key: &str, file: &Path, env: &HashMap<String, String>) -> String {
     let field = key.split('[').next().unwrap_or(key);
     let var = format!("{ENV_PREFIX}{}", field.replace('.', "__").to_uppercase());
     let nested = format!("{var}__");
-    let mut from_env: Vec<&String> = env
-        .keys()
-        .filter(|name| **name == var || name.starts_with(&nested))
-        .collect();
+    let mut from_env: Vec<&String> =
+        env.keys().filter(|name| **name == var || name.starts_with(&nested)).collect();
     from_env.sort();
     match from_env.first() {
         Some(name) => (*name).clone(),
@@ -364,11 +328,7 @@ trait Finish: DeserializeOwned + Default {
 
     /// Checks the values, adding any problems to `problems`; `env` serves the few keys with
     /// non-prefixed fallbacks (`DATABASE_URL`, `CREDENTIALS_DIRECTORY`).
-    fn finish(
-        self,
-        env: &HashMap<String, String>,
-        problems: &mut Vec<ConfigProblem>,
-    ) -> Self::Output;
+    fn finish(self, env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self::Output;
 }
 
 /// Finishes section `name`, or records why it could not be read.
@@ -429,21 +389,14 @@ struct RawDatabase {
 
 impl Default for RawDatabase {
     fn default() -> Self {
-        Self {
-            url: None,
-            max_connections: 4,
-        }
+        Self { url: None, max_connections: 4 }
     }
 }
 
 impl Finish for RawDatabase {
     type Output = DatabaseSettings;
 
-    fn finish(
-        self,
-        env: &HashMap<String, String>,
-        problems: &mut Vec<ConfigProblem>,
-    ) -> DatabaseSettings {
+    fn finish(self, env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> DatabaseSettings {
         let fallback = || {
             env.get(DATABASE_URL_VAR)
                 .filter(|url| !url.is_empty())
@@ -455,7 +408,11 @@ impl Finish for RawDatabase {
         };
         match &url {
             // The URL is never quoted: it usually holds the password.
-            Some(url) if !["postgres://", "postgresql://"].iter().any(|scheme| url.expose_secret().starts_with(scheme)) => {
+            Some(url)
+                if !["postgres://", "postgresql://"]
+                    .iter()
+                    .any(|scheme| url.expose_secret().starts_with(scheme)) =>
+            {
                 let problem = ConfigProblem::new(
                     "database.url",
                     "is not a postgres:// or postgresql:// URL",
@@ -480,10 +437,7 @@ impl Finish for RawDatabase {
                 "set it to at least 1",
             ));
         }
-        DatabaseSettings {
-            url: url.unwrap_or_default(),
-            max_connections: self.max_connections,
-        }
+        DatabaseSettings { url: url.unwrap_or_default(), max_connections: self.max_connections }
     }
 }
 
@@ -529,13 +483,11 @@ impl Finish for ScheduleSettings {
     type Output = Self;
 
     fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self {
-        const FIX: &str = "write six fields, second minute hour day-of-month month day-of-week, e.g. \"0 */15 * * * *\"";
+        const FIX: &str =
+            "write six fields, second minute hour day-of-month month day-of-week, e.g. \"0 */15 * * * *\"";
         let fields = self.cron.split_whitespace().count();
         if fields != 6 {
-            let problem = format!(
-                "{:?} is not six fields, seconds first (found {fields})",
-                self.cron
-            );
+            let problem = format!("{:?} is not six fields, seconds first (found {fields})", self.cron);
             problems.push(ConfigProblem::new("schedule.cron", problem, FIX));
         } else if let Err(error) = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Required)
@@ -604,18 +556,12 @@ mod tests {
     #[test]
     fn env_attribution_matches_nested_variables_only() {
         let env = HashMap::from([
-            (
-                "SCAN_AGENT_SYNC__AGENTS__IDS_FILE".to_owned(),
-                "/x".to_owned(),
-            ),
+            ("SCAN_AGENT_SYNC__AGENTS__IDS_FILE".to_owned(), "/x".to_owned()),
             ("SCAN_AGENT_SYNC__TYPO__KEY".to_owned(), "1".to_owned()),
         ]);
         let file = Path::new("/etc/c.toml");
         assert_eq!(source_of("agents.ids[2]", file, &env), "/etc/c.toml");
-        assert_eq!(
-            source_of("agents.ids_file", file, &env),
-            "SCAN_AGENT_SYNC__AGENTS__IDS_FILE"
-        );
+        assert_eq!(source_of("agents.ids_file", file, &env), "SCAN_AGENT_SYNC__AGENTS__IDS_FILE");
         assert_eq!(source_of("typo", file, &env), "SCAN_AGENT_SYNC__TYPO__KEY");
     }
 }

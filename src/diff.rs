@@ -278,7 +278,7 @@ mod tests {
         let a = record("a", "1", "2024-01-01T00:00:00Z");
         let mut db = HashMap::new();
         db.insert(a.id.clone(), stored(&a));
-        assert!(Diff::compute(&db, &[a.clone()], &[]).is_empty());
+        assert!(Diff::compute(&db, std::slice::from_ref(&a), &[]).is_empty());
         db.get_mut(&a.id).unwrap().missing_since = Some(a.last_seen);
         let diff = Diff::compute(&db, &[a], &[]);
         assert!(diff.agents[0].returned && !diff.agents[0].attributes_changed);

@@ -17,8 +17,7 @@ use secrecy::ExposeSecret;
 const DB_URL: &str = "postgres://sync:db-hunter2@db.example:5432/scan_agents";
 
 /// The smallest file that loads: everything else has a default.
-const MINIMAL: &str =
-    "[database]\nurl = \"postgres://sync:db-hunter2@db.example:5432/scan_agents\"\n";
+const MINIMAL: &str = "[database]\nurl = \"postgres://sync:db-hunter2@db.example:5432/scan_agents\"\n";
 
 /// A temporary directory for the config file and the files it points at, plus the
 /// environment the load sees.
@@ -29,10 +28,7 @@ struct Case {
 
 impl Case {
     fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().expect("temporary directory"),
-            env: HashMap::new(),
-        }
+        Self { dir: tempfile::tempdir().expect("temporary directory"), env: HashMap::new() }
     }
 
     fn env(mut self, name: &str, value: &str) -> Self {
@@ -53,8 +49,7 @@ impl Case {
     }
 
     fn settings(&self, toml: &str) -> Settings {
-        self.load(toml)
-            .unwrap_or_else(|error| panic!("should load: {error}"))
+        self.load(toml).unwrap_or_else(|error| panic!("should load: {error}"))
     }
 
     /// The error message for a configuration that must be rejected.
@@ -90,18 +85,9 @@ fn defaults_match_the_documented_example() {
     let defender = &settings.defender;
     assert_eq!(defender.cloud, Cloud::Commercial);
     assert_eq!(defender.api_base_url, "https://api.security.microsoft.com");
-    assert_eq!(
-        defender.token_url,
-        "https://login.microsoftonline.com//oauth2/v2.0/token"
-    );
-    assert_eq!(
-        defender.scope,
-        "https://api.securitycenter.microsoft.com/.default"
-    );
-    assert_eq!(
-        (defender.tenant_id.as_str(), defender.client_id.as_str()),
-        ("", "")
-    );
+    assert_eq!(defender.token_url, "https://login.microsoftonline.com//oauth2/v2.0/token");
+    assert_eq!(defender.scope, "https://api.securitycenter.microsoft.com/.default");
+    assert_eq!((defender.tenant_id.as_str(), defender.client_id.as_str()), ("", ""));
     assert_eq!(defender.client_secret_file, None);
     assert_eq!(defender.request_timeout, Duration::from_secs(30));
     assert_eq!(defender.fetch_mode, FetchMode::Auto);
@@ -110,21 +96,12 @@ fn defaults_match_the_documented_example() {
     assert_eq!(
         settings.rate_limit.windows,
         [
-            RateWindow {
-                calls: 100,
-                per: Duration::from_secs(60)
-            },
-            RateWindow {
-                calls: 1500,
-                per: Duration::from_secs(3600)
-            }
+            RateWindow { calls: 100, per: Duration::from_secs(60) },
+            RateWindow { calls: 1500, per: Duration::from_secs(3600) }
         ]
     );
     assert_eq!(settings.rate_limit.max_in_flight, 4);
-    assert!(
-        settings.agents.ids.is_empty(),
-        "an empty list with track_all = false loads"
-    );
+    assert!(settings.agents.ids.is_empty(), "an empty list with track_all = false loads");
     assert_eq!(settings.agents.ids_file, None);
     assert!(!settings.agents.track_all);
     assert_eq!(settings.schedule.cron, "0 */15 * * * *");
@@ -134,10 +111,7 @@ fn defaults_match_the_documented_example() {
     assert_eq!(settings.alerts.webhook_url, None);
     assert_eq!(settings.alerts.format, AlertFormat::Alertmanager);
     assert_eq!(settings.alerts.repeat_interval, Duration::ZERO);
-    assert_eq!(
-        settings.http.listen,
-        Some("127.0.0.1:9464".parse::<SocketAddr>().unwrap())
-    );
+    assert_eq!(settings.http.listen, Some("127.0.0.1:9464".parse::<SocketAddr>().unwrap()));
     assert_eq!(settings.log.format, LogFormat::Text);
     assert_eq!(settings.log.level, "info");
 }
@@ -145,41 +119,24 @@ fn defaults_match_the_documented_example() {
 #[test]
 fn cloud_picks_hosts_and_scope_and_overrides_win() {
     let case = Case::new();
-    let gov = case.settings(&with(
-        "[defender]\ncloud = \"gcc-high\"\ntenant_id = \"contoso.onmicrosoft.us\"",
-    ));
-    assert_eq!(
-        gov.defender.api_base_url,
-        "https://api-gov.securitycenter.microsoft.us"
-    );
+    let gov =
+        case.settings(&with("[defender]\ncloud = \"gcc-high\"\ntenant_id = \"contoso.onmicrosoft.us\""));
+    assert_eq!(gov.defender.api_base_url, "https://api-gov.securitycenter.microsoft.us");
     assert_eq!(
         gov.defender.token_url,
         "https://login.microsoftonline.us/contoso.onmicrosoft.us/oauth2/v2.0/token"
     );
-    assert_eq!(
-        gov.defender.scope,
-        "https://api-gov.securitycenter.microsoft.us/.default"
-    );
+    assert_eq!(gov.defender.scope, "https://api-gov.securitycenter.microsoft.us/.default");
 
     let gcc = case.settings(&with("[defender]\ncloud = \"gcc\""));
-    assert_eq!(
-        gcc.defender.api_base_url,
-        "https://api-gcc.securitycenter.microsoft.us"
-    );
-    assert!(
-        gcc.defender
-            .token_url
-            .starts_with("https://login.microsoftonline.com/")
-    );
+    assert_eq!(gcc.defender.api_base_url, "https://api-gcc.securitycenter.microsoft.us");
+    assert!(gcc.defender.token_url.starts_with("https://login.microsoftonline.com/"));
 
     let custom = case.settings(&with(
         "[defender]\ntenant_id = \"t1\"\napi_base_url = \"http://127.0.0.1:8080/\"\n\
          token_url = \"http://127.0.0.1:8080/{tenant_id}/token\"\nscope = \"s\"\nfetch_mode = \"by-id\"",
     ));
-    assert_eq!(
-        custom.defender.api_base_url, "http://127.0.0.1:8080",
-        "no trailing slash"
-    );
+    assert_eq!(custom.defender.api_base_url, "http://127.0.0.1:8080", "no trailing slash");
     assert_eq!(custom.defender.token_url, "http://127.0.0.1:8080/t1/token");
     assert_eq!(custom.defender.scope, "s");
     assert_eq!(custom.defender.fetch_mode, FetchMode::ById);
@@ -203,23 +160,14 @@ fn environment_overrides_the_file() {
     assert_eq!(
         settings.rate_limit.windows,
         [
-            RateWindow {
-                calls: 10,
-                per: Duration::from_secs(1)
-            },
-            RateWindow {
-                calls: 50,
-                per: Duration::from_secs(60)
-            }
+            RateWindow { calls: 10, per: Duration::from_secs(1) },
+            RateWindow { calls: 50, per: Duration::from_secs(60) }
         ]
     );
     assert_eq!(settings.agents.ids, [id("env-a"), id("env-b")]);
     assert!(settings.agents.track_all);
     assert_eq!(settings.database.url.expose_secret(), "postgres://env@db/x");
-    assert_eq!(
-        settings.http.listen, None,
-        "an empty variable disables the endpoint"
-    );
+    assert_eq!(settings.http.listen, None, "an empty variable disables the endpoint");
     assert_eq!(settings.stale.after, Duration::from_secs(7200));
 }
 
@@ -227,50 +175,28 @@ fn environment_overrides_the_file() {
 fn database_url_falls_back_to_database_url_variable() {
     let case = Case::new().env("DATABASE_URL", "postgres://fallback@db/x");
     let settings = case.settings("");
-    assert_eq!(
-        settings.database.url.expose_secret(),
-        "postgres://fallback@db/x"
-    );
+    assert_eq!(settings.database.url.expose_secret(), "postgres://fallback@db/x");
 
     let settings = case.settings(MINIMAL);
-    assert_eq!(
-        settings.database.url.expose_secret(),
-        DB_URL,
-        "database.url wins over DATABASE_URL"
-    );
+    assert_eq!(settings.database.url.expose_secret(), DB_URL, "database.url wins over DATABASE_URL");
 
     let message = Case::new().reject("");
     assert_mentions(&message, &["`database.url`", "is not set", "DATABASE_URL"]);
 
-    let message = Case::new()
-        .env("DATABASE_URL", "mysql://u:secretpw@db/x")
-        .reject("");
-    assert_mentions(
-        &message,
-        &["`database.url`", "(DATABASE_URL)", "postgres://"],
-    );
+    let message = Case::new().env("DATABASE_URL", "mysql://u:secretpw@db/x").reject("");
+    assert_mentions(&message, &["`database.url`", "(DATABASE_URL)", "postgres://"]);
     assert!(!message.contains("secretpw"), "{message}");
 }
 
 #[test]
 fn unknown_key_in_file_is_rejected() {
     let message = Case::new().reject(&with("[defender]\ntenant = \"x\""));
-    assert_mentions(
-        &message,
-        &[
-            "`defender.tenant`",
-            "config.toml",
-            "`tenant_id`",
-            "spelling",
-        ],
-    );
+    assert_mentions(&message, &["`defender.tenant`", "config.toml", "`tenant_id`", "spelling"]);
 }
 
 #[test]
 fn unknown_key_in_environment_is_rejected() {
-    let message = Case::new()
-        .env("SCAN_AGENT_SYNC__LOG__COLOUR", "always")
-        .reject(MINIMAL);
+    let message = Case::new().env("SCAN_AGENT_SYNC__LOG__COLOUR", "always").reject(MINIMAL);
     assert_mentions(&message, &["`log.colour`", "SCAN_AGENT_SYNC__LOG__COLOUR"]);
 }
 
@@ -298,16 +224,8 @@ fn wrong_type_is_rejected() {
 
 #[test]
 fn wrong_type_from_environment_names_the_variable() {
-    let message = Case::new()
-        .env("SCAN_AGENT_SYNC__DEFENDER__MAX_RETRIES", "many")
-        .reject(MINIMAL);
-    assert_mentions(
-        &message,
-        &[
-            "`defender.max_retries`",
-            "SCAN_AGENT_SYNC__DEFENDER__MAX_RETRIES",
-        ],
-    );
+    let message = Case::new().env("SCAN_AGENT_SYNC__DEFENDER__MAX_RETRIES", "many").reject(MINIMAL);
+    assert_mentions(&message, &["`defender.max_retries`", "SCAN_AGENT_SYNC__DEFENDER__MAX_RETRIES"]);
 }
 
 #[test]
@@ -344,24 +262,12 @@ fn rate_windows_must_limit_something() {
     let message = Case::new().reject(&with(
         "[rate_limit]\nwindows = [ { calls = 0, per = \"1m\" }, { calls = 5, per = \"0s\" } ]",
     ));
-    assert_mentions(
-        &message,
-        &[
-            "`rate_limit.windows[0].calls`",
-            "`rate_limit.windows[1].per`",
-        ],
-    );
+    assert_mentions(&message, &["`rate_limit.windows[0].calls`", "`rate_limit.windows[1].per`"]);
 
-    let message = Case::new()
-        .env("SCAN_AGENT_SYNC__RATE_LIMIT__WINDOWS", "0/1m")
-        .reject(MINIMAL);
+    let message = Case::new().env("SCAN_AGENT_SYNC__RATE_LIMIT__WINDOWS", "0/1m").reject(MINIMAL);
     assert_mentions(
         &message,
-        &[
-            "`rate_limit.windows`",
-            "SCAN_AGENT_SYNC__RATE_LIMIT__WINDOWS",
-            "above zero",
-        ],
+        &["`rate_limit.windows`", "SCAN_AGENT_SYNC__RATE_LIMIT__WINDOWS", "above zero"],
     );
 }
 
@@ -375,57 +281,28 @@ fn max_in_flight_zero_is_rejected() {
 fn other_zero_values_are_rejected() {
     let message = Case::new()
         .env("SCAN_AGENT_SYNC__DATABASE__MAX_CONNECTIONS", "0")
-        .reject(&with(
-            "[defender]\nrequest_timeout = \"0s\"\n[stale]\nafter = \"0s\"",
-        ));
-    assert_mentions(
-        &message,
-        &[
-            "`defender.request_timeout`",
-            "`database.max_connections`",
-            "`stale.after`",
-        ],
-    );
+        .reject(&with("[defender]\nrequest_timeout = \"0s\"\n[stale]\nafter = \"0s\""));
+    assert_mentions(&message, &["`defender.request_timeout`", "`database.max_connections`", "`stale.after`"]);
 }
 
 #[test]
 fn unreadable_ids_file_names_the_path_and_the_os_error() {
     let case = Case::new();
     let missing = case.dir.path().join("no-such-agents.txt");
-    let message = case.reject(&with(&format!(
-        "[agents]\nids_file = {:?}",
-        missing.display().to_string()
-    )));
-    assert_mentions(
-        &message,
-        &[
-            "`agents.ids_file`",
-            &missing.display().to_string(),
-            "No such file",
-        ],
-    );
+    let message = case.reject(&with(&format!("[agents]\nids_file = {:?}", missing.display().to_string())));
+    assert_mentions(&message, &["`agents.ids_file`", &missing.display().to_string(), "No such file"]);
 }
 
 #[test]
 fn ids_file_skips_comments_and_blanks_and_keeps_order() {
     let case = Case::new();
-    let file = case.file(
-        "agents.txt",
-        "# fleet A\n\n  first  \nsecond # the old one\nthird#not-a-comment\n\t\n",
-    );
+    let file =
+        case.file("agents.txt", "# fleet A\n\n  first  \nsecond # the old one\nthird#not-a-comment\n\t\n");
     let settings = case.settings(&with(&format!(
         "[agents]\nids = [\"inline\"]\nids_file = {:?}",
         file.display().to_string()
     )));
-    assert_eq!(
-        settings.agents.ids,
-        [
-            id("inline"),
-            id("first"),
-            id("second"),
-            id("third#not-a-comment")
-        ]
-    );
+    assert_eq!(settings.agents.ids, [id("inline"), id("first"), id("second"), id("third#not-a-comment")]);
     assert_eq!(settings.agents.ids_file.as_deref(), Some(file.as_path()));
 }
 
@@ -433,18 +310,8 @@ fn ids_file_skips_comments_and_blanks_and_keeps_order() {
 fn malformed_agent_id_in_file_names_file_and_line() {
     let case = Case::new();
     let file = case.file("agents.txt", "good\n# comment\nbad id\n");
-    let message = case.reject(&with(&format!(
-        "[agents]\nids_file = {:?}",
-        file.display().to_string()
-    )));
-    assert_mentions(
-        &message,
-        &[
-            "`agents.ids_file`",
-            &format!("{}:3", file.display()),
-            "whitespace",
-        ],
-    );
+    let message = case.reject(&with(&format!("[agents]\nids_file = {:?}", file.display().to_string())));
+    assert_mentions(&message, &["`agents.ids_file`", &format!("{}:3", file.display()), "whitespace"]);
 }
 
 #[test]
@@ -488,17 +355,11 @@ fn reload_rereads_the_ids_file() {
         file.display().to_string()
     )));
     std::fs::write(&file, "b\nc\n").unwrap();
-    assert_eq!(
-        settings.agents.reload().unwrap(),
-        [id("inline"), id("b"), id("c")]
-    );
+    assert_eq!(settings.agents.reload().unwrap(), [id("inline"), id("b"), id("c")]);
 
     std::fs::write(&file, "b\ninline\n").unwrap();
     let message = settings.agents.reload().unwrap_err().to_string();
-    assert_mentions(
-        &message,
-        &[&format!("{}:2", file.display()), "agents.ids[0]"],
-    );
+    assert_mentions(&message, &[&format!("{}:2", file.display()), "agents.ids[0]"]);
 }
 
 #[test]
@@ -506,10 +367,7 @@ fn upstream_urls_must_be_absolute_http() {
     let message = Case::new().reject(&with(
         "[defender]\napi_base_url = \"api.security.microsoft.com\"\ntoken_url = \"ftp://login/{tenant_id}\"",
     ));
-    assert_mentions(
-        &message,
-        &["`defender.api_base_url`", "`defender.token_url`", "http"],
-    );
+    assert_mentions(&message, &["`defender.api_base_url`", "`defender.token_url`", "http"]);
 
     let message = Case::new().reject(&with("[alerts]\nwebhook_url = \"alertmanager:9093\""));
     assert_mentions(&message, &["`alerts.webhook_url`"]);
@@ -528,13 +386,7 @@ fn all_problems_are_reported_at_once() {
     );
     assert_mentions(
         &message,
-        &[
-            "`rate_limit.max_in_flight`",
-            "`schedule.cron`",
-            "`log.format`",
-            "`stale.after`",
-            "`database.url`",
-        ],
+        &["`rate_limit.max_in_flight`", "`schedule.cron`", "`log.format`", "`stale.after`", "`database.url`"],
     );
 }
 
@@ -548,8 +400,7 @@ fn syntax_errors_do_not_echo_the_file() {
 #[test]
 fn missing_config_file_is_reported() {
     let case = Case::new();
-    let error =
-        Settings::load_with_env(&case.dir.path().join("absent.toml"), &case.env).unwrap_err();
+    let error = Settings::load_with_env(&case.dir.path().join("absent.toml"), &case.env).unwrap_err();
     assert_mentions(&error.to_string(), &["absent.toml", "--config"]);
 }
 
@@ -575,10 +426,7 @@ fn redacted_output_hides_secrets_and_loads_again() {
         ],
     );
     let debug = format!("{settings:?}");
-    assert!(
-        !debug.contains("hunter2"),
-        "Debug must not print secrets: {debug}"
-    );
+    assert!(!debug.contains("hunter2"), "Debug must not print secrets: {debug}");
 
     // The output is valid configuration that means the same thing (bar the secrets).
     let without_env_secret = shown.replace("client_secret = \"[redacted]\"\n", "");
@@ -594,16 +442,10 @@ fn client_secret_resolution_order() {
     std::fs::create_dir(&credentials).unwrap();
     std::fs::write(credentials.join("client_secret"), "from-credentials\n").unwrap();
     let credentials = credentials.display().to_string();
-    let file_key = format!(
-        "[defender]\nclient_secret_file = {:?}",
-        file.display().to_string()
-    );
+    let file_key = format!("[defender]\nclient_secret_file = {:?}", file.display().to_string());
 
     let secret_of = |case: &Case, toml: &str| {
-        case.settings(&with(toml))
-            .defender
-            .client_secret()
-            .map(|secret| secret.expose_secret().to_owned())
+        case.settings(&with(toml)).defender.client_secret().map(|secret| secret.expose_secret().to_owned())
     };
     let everything = Case::new()
         .env("CREDENTIALS_DIRECTORY", &credentials)
@@ -613,29 +455,17 @@ fn client_secret_resolution_order() {
         "from-file",
         "the file comes first, newline trimmed"
     );
-    assert_eq!(
-        secret_of(&everything, "").unwrap(),
-        "from-credentials",
-        "then the systemd credential"
-    );
+    assert_eq!(secret_of(&everything, "").unwrap(), "from-credentials", "then the systemd credential");
 
     let no_credential = Case::new()
         .env("CREDENTIALS_DIRECTORY", case.dir.path().to_str().unwrap())
         .env("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET", "from-env");
-    assert_eq!(
-        secret_of(&no_credential, "").unwrap(),
-        "from-env",
-        "a directory without it falls through"
-    );
+    assert_eq!(secret_of(&no_credential, "").unwrap(), "from-env", "a directory without it falls through");
 
     let message = secret_of(&Case::new(), "").unwrap_err().to_string();
     assert_mentions(
         &message,
-        &[
-            "`defender.client_secret_file`",
-            "LoadCredential",
-            "SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET",
-        ],
+        &["`defender.client_secret_file`", "LoadCredential", "SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET"],
     );
 }
 
@@ -643,36 +473,22 @@ fn client_secret_resolution_order() {
 fn client_secret_is_read_only_when_asked() {
     let case = Case::new();
     let missing = case.dir.path().join("unreadable-secret");
-    let settings = case.settings(&with(&format!(
-        "[defender]\nclient_secret_file = {:?}",
-        missing.display().to_string()
-    )));
+    let settings = case
+        .settings(&with(&format!("[defender]\nclient_secret_file = {:?}", missing.display().to_string())));
     let message = settings.defender.client_secret().unwrap_err().to_string();
     assert_mentions(
         &message,
-        &[
-            "`defender.client_secret_file`",
-            &missing.display().to_string(),
-            "No such file",
-        ],
+        &["`defender.client_secret_file`", &missing.display().to_string(), "No such file"],
     );
 }
 
 #[test]
 fn api_credentials_are_required_only_on_request() {
     let settings = Case::new().settings(MINIMAL);
-    let message = settings
-        .defender
-        .require_api_credentials()
-        .unwrap_err()
-        .to_string();
+    let message = settings.defender.require_api_credentials().unwrap_err().to_string();
     assert_mentions(
         &message,
-        &[
-            "`defender.tenant_id`",
-            "`defender.client_id`",
-            "`defender.client_secret_file`",
-        ],
+        &["`defender.tenant_id`", "`defender.client_id`", "`defender.client_secret_file`"],
     );
 
     let settings = Case::new()
@@ -685,27 +501,15 @@ fn api_credentials_are_required_only_on_request() {
 fn example_file_loads() {
     let case = Case::new();
     let secret = case.file("client_secret", "example-secret\n");
-    let ids = case.file(
-        "agents.txt",
-        "47df41a0c-asad-4fd6d3-bbea-a93dbc0bfcaa_4edd75b2407a5b64d704b4e53d74f15\n",
-    );
+    let ids =
+        case.file("agents.txt", "47df41a0c-asad-4fd6d3-bbea-a93dbc0bfcaa_4edd75b2407a5b64d704b4e53d74f15\n");
     let case = case
-        .env(
-            "SCAN_AGENT_SYNC__DATABASE__URL",
-            "postgres://sync:pw@localhost/scan_agents",
-        )
-        .env(
-            "SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET_FILE",
-            secret.to_str().unwrap(),
-        )
+        .env("SCAN_AGENT_SYNC__DATABASE__URL", "postgres://sync:pw@localhost/scan_agents")
+        .env("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET_FILE", secret.to_str().unwrap())
         .env("SCAN_AGENT_SYNC__AGENTS__IDS_FILE", ids.to_str().unwrap());
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/scan-agent-sync.toml");
-    let settings =
-        Settings::load_with_env(&example, &case.env).unwrap_or_else(|error| panic!("{error}"));
+    let settings = Settings::load_with_env(&example, &case.env).unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(settings.agents.ids.len(), 1);
     settings.defender.require_api_credentials().unwrap();
-    assert_eq!(
-        settings.defender.client_secret().unwrap().expose_secret(),
-        "example-secret"
-    );
+    assert_eq!(settings.defender.client_secret().unwrap().expose_secret(), "example-secret");
 }

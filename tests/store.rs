@@ -5,7 +5,7 @@ mod support;
 use scan_agent_sync::agent::AgentRecord;
 use scan_agent_sync::agent_id::AgentId;
 use scan_agent_sync::store::Store;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 fn agent(id: &str, version: &str, dns: &str, last_seen: &str) -> AgentRecord {
@@ -87,7 +87,8 @@ async fn assert_invariants(pool: &PgPool) {
 #[tokio::test]
 async fn new_agent_gets_state_version_and_last_seen() {
     let store = support::fresh_store().await;
-    let applied = store.apply(vec![agent("a1", "7.1.1", "host1", "2022-05-08T12:18:41.538203Z")], &[]).await.unwrap();
+    let applied =
+        store.apply(vec![agent("a1", "7.1.1", "host1", "2022-05-08T12:18:41.538203Z")], &[]).await.unwrap();
     assert_eq!(applied.diff.new_count(), 1);
     assert_eq!(counts(store.pool()).await, (1, 1, 1));
     let row: (String, String, chrono::DateTime<chrono::Utc>, Value) = sqlx::query_as(
@@ -99,7 +100,10 @@ async fn new_agent_gets_state_version_and_last_seen() {
     assert_eq!(row.0, "7.1.1");
     assert_eq!(row.1, "9e0fa0eb-0a51-4357-9c87-c21bfbe07571");
     assert_eq!(row.2.to_rfc3339(), "2022-05-08T12:18:41.538203+00:00");
-    assert_eq!(row.3["AssignedApplicationId"], "9E0FA0EB-0A51-4357-9C87-C21BFBE07571", "raw keeps the payload as received");
+    assert_eq!(
+        row.3["AssignedApplicationId"], "9E0FA0EB-0A51-4357-9C87-C21BFBE07571",
+        "raw keeps the payload as received"
+    );
     assert_invariants(store.pool()).await;
 }
 
@@ -113,7 +117,10 @@ async fn unchanged_refetch_writes_no_history_but_stamps_the_fetch() {
     assert_eq!(second.diff.unchanged_count(), 1);
     assert_eq!(counts(store.pool()).await, (1, 1, 1));
     let (fetched, changed): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as("SELECT last_fetched_at, last_changed_at FROM scan_agents").fetch_one(store.pool()).await.unwrap();
+        sqlx::query_as("SELECT last_fetched_at, last_changed_at FROM scan_agents")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
     assert_eq!(fetched, second.applied_at);
     assert_eq!(changed, first.applied_at);
 }
@@ -122,7 +129,8 @@ async fn unchanged_refetch_writes_no_history_but_stamps_the_fetch() {
 async fn version_upgrade_closes_and_opens_a_version() {
     let store = support::fresh_store().await;
     store.apply(vec![agent("a1", "7.1.1", "host1", "2022-05-08T12:00:00Z")], &[]).await.unwrap();
-    let applied = store.apply(vec![agent("a1", "7.2.0", "host1", "2022-05-08T12:00:00Z")], &[]).await.unwrap();
+    let applied =
+        store.apply(vec![agent("a1", "7.2.0", "host1", "2022-05-08T12:00:00Z")], &[]).await.unwrap();
     let change = &applied.diff.agents[0];
     assert!(change.attributes_changed && !change.last_seen_changed);
     assert_eq!(
@@ -140,7 +148,8 @@ async fn version_upgrade_closes_and_opens_a_version() {
 async fn dns_name_change_is_a_new_version() {
     let store = support::fresh_store().await;
     store.apply(vec![agent("a1", "7.1.1", "host1", "2022-05-08T12:00:00Z")], &[]).await.unwrap();
-    let applied = store.apply(vec![agent("a1", "7.1.1", "host1.corp", "2022-05-08T12:00:00Z")], &[]).await.unwrap();
+    let applied =
+        store.apply(vec![agent("a1", "7.1.1", "host1.corp", "2022-05-08T12:00:00Z")], &[]).await.unwrap();
     assert_eq!(applied.diff.agents[0].fields[0].field, "computer_dns_name");
     assert_eq!(versions_of(store.pool(), "a1").await.len(), 2);
     assert_invariants(store.pool()).await;
@@ -161,12 +170,16 @@ async fn last_seen_only_change_adds_a_last_seen_row_and_no_version() {
 async fn nulls_in_optional_fields_are_stored_and_compared() {
     let store = support::fresh_store().await;
     let bare = AgentRecord::from_json(json!({"id": "a1", "lastSeen": "2022-05-08T12:00:00Z",
-        "machineId": null, "computerDnsName": null})).unwrap();
+        "machineId": null, "computerDnsName": null}))
+    .unwrap();
     store.apply(vec![bare.clone()], &[]).await.unwrap();
     assert!(store.apply(vec![bare], &[]).await.unwrap().diff.is_empty(), "null equals null");
     let named = store.apply(vec![agent("a1", "7.1.1", "host1", "2022-05-08T12:00:00Z")], &[]).await.unwrap();
     let fields: Vec<&str> = named.diff.agents[0].fields.iter().map(|f| f.field).collect();
-    assert!(fields.contains(&"computer_dns_name") && fields.contains(&"last_command_execution_at"), "{fields:?}");
+    assert!(
+        fields.contains(&"computer_dns_name") && fields.contains(&"last_command_execution_at"),
+        "{fields:?}"
+    );
     assert_eq!(versions_of(store.pool(), "a1").await[0], (None, None, false));
     assert_invariants(store.pool()).await;
 }
@@ -203,10 +216,11 @@ async fn missing_then_returned() {
     let since: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT missing_since FROM scan_agents").fetch_one(store.pool()).await.unwrap();
     assert_eq!(since, Some(gone.applied_at), "a second confirmation keeps the first missing_since");
-    let stale: i64 = sqlx::query_scalar("SELECT count(*) FROM stale_scan_agents WHERE missing_since IS NOT NULL")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
+    let stale: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM stale_scan_agents WHERE missing_since IS NOT NULL")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
     assert_eq!(stale, 1);
 
     let back = store.apply(vec![a], &[]).await.unwrap();
@@ -228,7 +242,8 @@ async fn reapplying_the_same_batch_changes_nothing() {
     assert!(again.diff.is_empty());
     let mut after = snapshot(store.pool()).await;
     // Only the fetch stamp may move.
-    for (a, b) in after["agents"].as_array_mut().unwrap().iter_mut().zip(before["agents"].as_array().unwrap()) {
+    for (a, b) in after["agents"].as_array_mut().unwrap().iter_mut().zip(before["agents"].as_array().unwrap())
+    {
         a["last_fetched_at"] = b["last_fetched_at"].clone();
     }
     assert_eq!(after, before);
@@ -240,7 +255,13 @@ async fn plan_reports_the_diff_and_writes_nothing() {
     store.apply(vec![agent("a1", "1", "h", "2022-05-08T12:00:00Z")], &[]).await.unwrap();
     let before = snapshot(store.pool()).await;
     let diff = store
-        .plan(vec![agent("a1", "2", "h", "2022-05-08T12:00:00Z"), agent("a2", "1", "h", "2022-05-08T12:00:00Z")], &[])
+        .plan(
+            vec![
+                agent("a1", "2", "h", "2022-05-08T12:00:00Z"),
+                agent("a2", "1", "h", "2022-05-08T12:00:00Z"),
+            ],
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!((diff.new_count(), diff.changed_count()), (1, 1));
@@ -250,10 +271,13 @@ async fn plan_reports_the_diff_and_writes_nothing() {
 #[tokio::test]
 async fn two_concurrent_appliers_equal_applying_in_order() {
     let store = support::fresh_store().await;
-    let all: Vec<AgentRecord> = (0..150).map(|i| agent(&format!("a{i:03}"), "1", "h", "2022-05-08T12:00:00Z")).collect();
+    let all: Vec<AgentRecord> =
+        (0..150).map(|i| agent(&format!("a{i:03}"), "1", "h", "2022-05-08T12:00:00Z")).collect();
     store.apply(all, &[]).await.unwrap();
-    let batch_a: Vec<AgentRecord> = (0..100).map(|i| agent(&format!("a{i:03}"), "2", "h", "2022-05-08T13:00:00Z")).collect();
-    let batch_b: Vec<AgentRecord> = (50..150).map(|i| agent(&format!("a{i:03}"), "3", "h", "2022-05-08T14:00:00Z")).collect();
+    let batch_a: Vec<AgentRecord> =
+        (0..100).map(|i| agent(&format!("a{i:03}"), "2", "h", "2022-05-08T13:00:00Z")).collect();
+    let batch_b: Vec<AgentRecord> =
+        (50..150).map(|i| agent(&format!("a{i:03}"), "3", "h", "2022-05-08T14:00:00Z")).collect();
     // A second pool: a separate set of connections, as a second process would have.
     let other = Store::from_pool(
         sqlx::postgres::PgPoolOptions::new()
@@ -278,15 +302,20 @@ async fn two_concurrent_appliers_equal_applying_in_order() {
 #[tokio::test]
 async fn a_transaction_killed_midway_leaves_the_previous_state() {
     let store = support::fresh_store().await;
-    let v1: Vec<AgentRecord> = (0..20).map(|i| agent(&format!("a{i}"), "1", "h", "2022-05-08T12:00:00Z")).collect();
+    let v1: Vec<AgentRecord> =
+        (0..20).map(|i| agent(&format!("a{i}"), "1", "h", "2022-05-08T12:00:00Z")).collect();
     store.apply(v1, &[]).await.unwrap();
     let before = snapshot(store.pool()).await;
 
     // Block the applier at its lastSeen insert, after it has already rewritten the agents
     // and their versions, then kill its backend.
     let mut blocker = store.pool().begin().await.unwrap();
-    sqlx::query("LOCK TABLE scan_agent_last_seen IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
-    let v2: Vec<AgentRecord> = (0..20).map(|i| agent(&format!("a{i}"), "2", "h2", "2022-05-08T13:00:00Z")).collect();
+    sqlx::query("LOCK TABLE scan_agent_last_seen IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let v2: Vec<AgentRecord> =
+        (0..20).map(|i| agent(&format!("a{i}"), "2", "h2", "2022-05-08T13:00:00Z")).collect();
     let applier = tokio::spawn({
         let store = store.clone();
         async move { store.apply(v2, &[]).await }
@@ -305,7 +334,11 @@ async fn a_transaction_killed_midway_leaves_the_previous_state() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
-    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&mut *blocker).await.unwrap();
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
     assert!(killed);
     blocker.rollback().await.unwrap();
     let outcome = applier.await.unwrap();

@@ -32,11 +32,7 @@ impl AgentsSettings {
     /// Re-reads `ids_file` and merges it with the inline IDs, validated as at load; for
     /// SIGHUP, so a bad edit is reported and the running list kept.
     pub fn reload(&self) -> Result<Vec<AgentId>, ConfigError> {
-        let inline = self
-            .inline_ids
-            .iter()
-            .enumerate()
-            .map(|(index, id)| (id.clone(), inline_place(index)));
+        let inline = self.inline_ids.iter().enumerate().map(|(index, id)| (id.clone(), inline_place(index)));
         let from_file = match &self.ids_file {
             Some(path) => read_ids_file(path)?,
             None => Vec::new(),
@@ -81,11 +77,7 @@ fn read_ids_file(path: &Path) -> Result<Vec<(AgentId, String)>, ConfigError> {
             ),
         }
     }
-    if problems.is_empty() {
-        Ok(ids)
-    } else {
-        Err(ConfigError::new(problems))
-    }
+    if problems.is_empty() { Ok(ids) } else { Err(ConfigError::new(problems)) }
 }
 
 /// The line without a comment: `#` at its start or after whitespace begins one, so an ID
@@ -115,11 +107,7 @@ fn merge(entries: impl Iterator<Item = (AgentId, String)>) -> Result<Vec<AgentId
             ids.push(id);
         }
     }
-    if problems.is_empty() {
-        Ok(ids)
-    } else {
-        Err(ConfigError::new(problems))
-    }
+    if problems.is_empty() { Ok(ids) } else { Err(ConfigError::new(problems)) }
 }
 
 /// The problem for `id` found again at `place`, a key or a `FILE:LINE`.
@@ -155,11 +143,7 @@ pub(crate) struct RawAgents {
 impl Finish for RawAgents {
     type Output = AgentsSettings;
 
-    fn finish(
-        self,
-        _env: &HashMap<String, String>,
-        problems: &mut Vec<ConfigProblem>,
-    ) -> AgentsSettings {
+    fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> AgentsSettings {
         let mut inline_ids = Vec::with_capacity(self.ids.len());
         for (index, raw) in self.ids.iter().enumerate() {
             match AgentId::parse(raw.trim()) {
@@ -200,12 +184,8 @@ mod tests {
     #[test]
     fn duplicates_name_both_places() {
         let id = AgentId::parse("a").unwrap();
-        let error = merge([(id.clone(), inline_place(0)), (id, "/f:3".to_owned())].into_iter())
-            .unwrap_err();
+        let error = merge([(id.clone(), inline_place(0)), (id, "/f:3".to_owned())].into_iter()).unwrap_err();
         let text = error.to_string();
-        assert!(
-            text.contains("agents.ids[0]") && text.contains("/f:3"),
-            "{text}"
-        );
+        assert!(text.contains("agents.ids[0]") && text.contains("/f:3"), "{text}");
     }
 }

@@ -6,8 +6,8 @@ use std::marker::PhantomData;
 
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{
-    self, Deserialize, DeserializeOwned, Deserializer, Error as _, IntoDeserializer, MapAccess,
-    SeqAccess, Visitor,
+    self, Deserialize, DeserializeOwned, Deserializer, Error as _, IntoDeserializer, MapAccess, SeqAccess,
+    Visitor,
 };
 
 use crate::rate_window::RateWindow;
@@ -50,9 +50,7 @@ where
 
 /// Rate windows as a list of `{ calls, per }` tables or of compact `CALLS/DURATION` strings,
 /// so `SCAN_AGENT_SYNC__RATE_LIMIT__WINDOWS=100/1m,1500/1h` works.
-pub(crate) fn rate_windows<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<RateWindow>, D::Error> {
+pub(crate) fn rate_windows<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<RateWindow>, D::Error> {
     /// One window in either form.
     struct Window(RateWindow);
 
@@ -68,9 +66,7 @@ pub(crate) fn rate_windows<'de, D: Deserializer<'de>>(
                 }
 
                 fn visit_str<E: de::Error>(self, text: &str) -> Result<Window, E> {
-                    RateWindow::parse_compact(text)
-                        .map(Window)
-                        .map_err(E::custom)
+                    RateWindow::parse_compact(text).map(Window).map_err(E::custom)
                 }
 
                 fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Window, A::Error> {
@@ -82,10 +78,7 @@ pub(crate) fn rate_windows<'de, D: Deserializer<'de>>(
         }
     }
 
-    Ok(list::<D, Window>(deserializer)?
-        .into_iter()
-        .map(|Window(window)| window)
-        .collect())
+    Ok(list::<D, Window>(deserializer)?.into_iter().map(|Window(window)| window).collect())
 }
 
 /// A unit enum variant by name, through serde's own string deserializer because its error
@@ -97,8 +90,7 @@ where
     T: DeserializeOwned,
 {
     let name = String::deserialize(deserializer)?;
-    T::deserialize(name.trim().into_deserializer())
-        .map_err(|error: de::value::Error| D::Error::custom(error))
+    T::deserialize(name.trim().into_deserializer()).map_err(|error: de::value::Error| D::Error::custom(error))
 }
 
 /// An optional value where `""` means unset: an environment variable can be emptied to
@@ -111,9 +103,7 @@ where
     // Only called when the key is present (absent keys take the section's default), and
     // neither TOML nor the environment has a null, so the value is always a string.
     let text = String::deserialize(deserializer)?;
-    Ok(Some(text)
-        .filter(|text| !text.trim().is_empty())
-        .map(T::from))
+    Ok(Some(text).filter(|text| !text.trim().is_empty()).map(T::from))
 }
 
 #[cfg(test)]
@@ -143,20 +133,14 @@ mod tests {
     fn compact_windows_parse_and_zero_is_refused() {
         let windows = from_str(rate_windows, "100/1m,1500/1h").unwrap();
         assert_eq!(windows, RateWindow::defender_defaults());
-        assert_eq!(
-            from_str(rate_windows, "5/2s").unwrap()[0].per,
-            Duration::from_secs(2)
-        );
+        assert_eq!(from_str(rate_windows, "5/2s").unwrap()[0].per, Duration::from_secs(2));
         assert!(from_str(rate_windows, "0/1m").is_err());
     }
 
     #[test]
     fn unknown_variants_list_the_valid_ones() {
         let error = from_str::<crate::config::LogFormat>(variant, "xml").unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "unknown variant `xml`, expected `text` or `json`"
-        );
+        assert_eq!(error.to_string(), "unknown variant `xml`, expected `text` or `json`");
     }
 
     #[test]

@@ -125,12 +125,8 @@ impl DefenderSettings {
             return read_secret(path).map_err(|error| {
                 let problem = ConfigProblem::new(
                     "defender.client_secret_file",
-                    format!(
-                        "cannot read the client secret from {}: {error}",
-                        path.display()
-                    ),
-                    "check the path and that this user may read the file, or see the other ways: "
-                        .to_owned()
+                    format!("cannot read the client secret from {}: {error}", path.display()),
+                    "check the path and that this user may read the file, or see the other ways: ".to_owned()
                         + SECRET_FIX,
                 );
                 problem.at(path.display()).into()
@@ -144,10 +140,7 @@ impl DefenderSettings {
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {}
                 Err(error) => {
                     let problem = ConfigProblem::unkeyed(
-                        format!(
-                            "cannot read the systemd credential {}: {error}",
-                            path.display()
-                        ),
+                        format!("cannot read the systemd credential {}: {error}", path.display()),
                         "check LoadCredential=client_secret:PATH in the unit and the source file's permissions",
                     );
                     return Err(problem.at(path.display()).into());
@@ -193,11 +186,7 @@ impl DefenderSettings {
         if let Err(error) = self.client_secret() {
             problems.extend_from_slice(error.problems());
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::new(problems))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::new(problems)) }
     }
 }
 
@@ -206,10 +195,7 @@ fn read_secret(path: &Path) -> io::Result<SecretString> {
     let text = std::fs::read_to_string(path)?;
     let secret = text.trim_end_matches(['\r', '\n']);
     if secret.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the file is empty",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the file is empty"));
     }
     Ok(SecretString::from(secret))
 }
@@ -255,27 +241,19 @@ impl Default for RawDefender {
 impl Finish for RawDefender {
     type Output = DefenderSettings;
 
-    fn finish(
-        self,
-        env: &HashMap<String, String>,
-        problems: &mut Vec<ConfigProblem>,
-    ) -> DefenderSettings {
+    fn finish(self, env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> DefenderSettings {
         let tenant_id = self.tenant_id.trim().to_owned();
         // The tenant ID is pasted into the token URL's path, so it must not be able to change it.
-        if !tenant_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-        {
+        if !tenant_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
             problems.push(ConfigProblem::new(
                 "defender.tenant_id",
                 format!("{tenant_id:?} is neither a GUID nor a domain name"),
                 "copy the Directory (tenant) ID from the app registration's overview page",
             ));
         }
-        for (key, value) in [
-            ("defender.api_base_url", &self.api_base_url),
-            ("defender.token_url", &self.token_url),
-        ] {
+        for (key, value) in
+            [("defender.api_base_url", &self.api_base_url), ("defender.token_url", &self.token_url)]
+        {
             if let Some(Err(problem)) = value.as_deref().map(check_http_url) {
                 problems.push(ConfigProblem::new(
                     key,
@@ -284,11 +262,7 @@ impl Finish for RawDefender {
                 ));
             }
         }
-        if self
-            .scope
-            .as_deref()
-            .is_some_and(|scope| scope.trim().is_empty())
-        {
+        if self.scope.as_deref().is_some_and(|scope| scope.trim().is_empty()) {
             problems.push(ConfigProblem::new(
                 "defender.scope",
                 "is empty",
@@ -303,15 +277,10 @@ impl Finish for RawDefender {
             ));
         }
 
-        let api_base_url = self
-            .api_base_url
-            .unwrap_or_else(|| self.cloud.api_base_url().to_owned());
-        let token_url = self.token_url.unwrap_or_else(|| {
-            format!(
-                "{}/{{tenant_id}}/oauth2/v2.0/token",
-                self.cloud.login_host()
-            )
-        });
+        let api_base_url = self.api_base_url.unwrap_or_else(|| self.cloud.api_base_url().to_owned());
+        let token_url = self
+            .token_url
+            .unwrap_or_else(|| format!("{}/{{tenant_id}}/oauth2/v2.0/token", self.cloud.login_host()));
         DefenderSettings {
             api_base_url: api_base_url.trim_end_matches('/').to_owned(),
             token_url: token_url.replace("{tenant_id}", &tenant_id),
@@ -323,9 +292,7 @@ impl Finish for RawDefender {
             request_timeout: self.request_timeout,
             fetch_mode: self.fetch_mode,
             max_retries: self.max_retries,
-            env_secret: env
-                .get(CLIENT_SECRET_VAR)
-                .map(|secret| SecretString::from(secret.as_str())),
+            env_secret: env.get(CLIENT_SECRET_VAR).map(|secret| SecretString::from(secret.as_str())),
             credentials_directory: env
                 .get(CREDENTIALS_DIRECTORY_VAR)
                 .filter(|dir| !dir.is_empty())
@@ -341,39 +308,20 @@ mod tests {
     #[test]
     fn government_clouds_share_the_gov_hosts() {
         let mut problems = Vec::new();
-        let raw = RawDefender {
-            cloud: Cloud::Dod,
-            tenant_id: "t".into(),
-            ..RawDefender::default()
-        };
+        let raw = RawDefender { cloud: Cloud::Dod, tenant_id: "t".into(), ..RawDefender::default() };
         let settings = raw.finish(&HashMap::new(), &mut problems);
         assert!(problems.is_empty());
-        assert_eq!(
-            settings.api_base_url,
-            "https://api-gov.securitycenter.microsoft.us"
-        );
-        assert_eq!(
-            settings.token_url,
-            "https://login.microsoftonline.us/t/oauth2/v2.0/token"
-        );
-        assert_eq!(
-            settings.scope,
-            "https://api-gov.securitycenter.microsoft.us/.default"
-        );
-        assert_eq!(
-            Cloud::Gcc.scope(),
-            "https://api-gcc.securitycenter.microsoft.us/.default"
-        );
+        assert_eq!(settings.api_base_url, "https://api-gov.securitycenter.microsoft.us");
+        assert_eq!(settings.token_url, "https://login.microsoftonline.us/t/oauth2/v2.0/token");
+        assert_eq!(settings.scope, "https://api-gov.securitycenter.microsoft.us/.default");
+        assert_eq!(Cloud::Gcc.scope(), "https://api-gcc.securitycenter.microsoft.us/.default");
         assert_eq!(Cloud::Gcc.login_host(), "https://login.microsoftonline.com");
     }
 
     #[test]
     fn tenant_id_cannot_reshape_the_token_url() {
         let mut problems = Vec::new();
-        let raw = RawDefender {
-            tenant_id: "a/../b".into(),
-            ..RawDefender::default()
-        };
+        let raw = RawDefender { tenant_id: "a/../b".into(), ..RawDefender::default() };
         raw.finish(&HashMap::new(), &mut problems);
         assert_eq!(problems[0].key.as_deref(), Some("defender.tenant_id"));
     }

@@ -25,22 +25,12 @@ pub struct ConfigProblem {
 impl ConfigProblem {
     /// A problem with one key; its source is filled in later by whoever knows the inputs.
     pub(crate) fn new(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            key: Some(key.to_owned()),
-            source: None,
-            problem: problem.into(),
-            fix: fix.into(),
-        }
+        Self { key: Some(key.to_owned()), source: None, problem: problem.into(), fix: fix.into() }
     }
 
     /// A problem with an input as a whole rather than one key.
     pub(crate) fn unkeyed(problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            key: None,
-            source: None,
-            problem: problem.into(),
-            fix: fix.into(),
-        }
+        Self { key: None, source: None, problem: problem.into(), fix: fix.into() }
     }
 
     /// Records where the offending value came from.
@@ -67,33 +57,19 @@ impl ConfigProblem {
         // serde names an unknown field only inside its message; make it part of the key so
         // the operator sees `defender.tenant` rather than just `defender`.
         if let Some(field) = unknown_field(&problem) {
-            key = if key.is_empty() {
-                field.to_owned()
-            } else {
-                format!("{key}.{field}")
-            };
+            key = if key.is_empty() { field.to_owned() } else { format!("{key}.{field}") };
         }
         let (problem, fix) = split_fix(&problem);
-        if key.is_empty() {
-            Self::unkeyed(problem, fix)
-        } else {
-            Self::new(&key, problem, fix)
-        }
+        if key.is_empty() { Self::unkeyed(problem, fix) } else { Self::new(&key, problem, fix) }
     }
 }
 
 /// Splits a `config` crate error into the key it carries (if any) and the bare message.
 fn flatten(error: ::config::ConfigError) -> (Option<String>, String) {
     match error {
-        ::config::ConfigError::Type {
-            unexpected,
-            expected,
-            key,
-            ..
-        } => (
-            key,
-            format!("invalid type: {unexpected}, expected {expected}"),
-        ),
+        ::config::ConfigError::Type { unexpected, expected, key, .. } => {
+            (key, format!("invalid type: {unexpected}, expected {expected}"))
+        }
         ::config::ConfigError::At { error, key, .. } => {
             let (inner_key, message) = flatten(*error);
             (key.or(inner_key), message)
@@ -126,10 +102,7 @@ fn unknown_field(message: &str) -> Option<&str> {
 /// the expectation is stated once, as the fix.
 fn split_fix(message: &str) -> (String, String) {
     let Some((found, expected)) = message.rsplit_once(", expected ") else {
-        return (
-            message.to_owned(),
-            format!("correct the value; {EXAMPLE} documents every key"),
-        );
+        return (message.to_owned(), format!("correct the value; {EXAMPLE} documents every key"));
     };
     let fix = if found.starts_with("unknown field") {
         format!("remove the key or correct its spelling; valid keys here: {expected}")
@@ -197,8 +170,7 @@ impl fmt::Display for ConfigError {
             [only] => write!(f, "invalid configuration: {only}"),
             all => {
                 write!(f, "invalid configuration, {} problems:", all.len())?;
-                all.iter()
-                    .try_for_each(|problem| write!(f, "\n  - {problem}"))
+                all.iter().try_for_each(|problem| write!(f, "\n  - {problem}"))
             }
         }
     }

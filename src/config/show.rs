@@ -25,14 +25,8 @@ impl Settings {
             ("scope", Some(toml_value(&defender.scope))),
             ("tenant_id", Some(toml_value(&defender.tenant_id))),
             ("client_id", Some(toml_value(&defender.client_id))),
-            (
-                "client_secret_file",
-                defender.client_secret_file.as_ref().map(toml_value),
-            ),
-            (
-                "request_timeout",
-                Some(toml_duration(defender.request_timeout)),
-            ),
+            ("client_secret_file", defender.client_secret_file.as_ref().map(toml_value)),
+            ("request_timeout", Some(toml_duration(defender.request_timeout))),
             ("fetch_mode", Some(toml_value(&defender.fetch_mode))),
             ("max_retries", Some(defender.max_retries.to_string())),
         ];
@@ -43,13 +37,7 @@ impl Settings {
             .rate_limit
             .windows
             .iter()
-            .map(|window| {
-                format!(
-                    "{{ calls = {}, per = {} }}",
-                    window.calls,
-                    toml_duration(window.per)
-                )
-            })
+            .map(|window| format!("{{ calls = {}, per = {} }}", window.calls, toml_duration(window.per)))
             .collect();
         let agents = &self.agents;
         let inline_ids = agents.inline_ids();
@@ -61,10 +49,7 @@ impl Settings {
             "rate_limit",
             &[
                 ("windows", Some(format!("[{}]", windows.join(", ")))),
-                (
-                    "max_in_flight",
-                    Some(self.rate_limit.max_in_flight.to_string()),
-                ),
+                ("max_in_flight", Some(self.rate_limit.max_in_flight.to_string())),
             ],
         );
         write_section(
@@ -76,71 +61,36 @@ impl Settings {
                 ("track_all", Some(agents.track_all.to_string())),
             ],
         );
-        let _ = writeln!(
-            out,
-            "# {} agent IDs in effect, {} of them inline",
-            agents.ids.len(),
-            inline_ids.len()
-        );
-        write_section(
-            &mut out,
-            "schedule",
-            &[("cron", Some(toml_value(&self.schedule.cron)))],
-        );
+        let _ =
+            writeln!(out, "# {} agent IDs in effect, {} of them inline", agents.ids.len(), inline_ids.len());
+        write_section(&mut out, "schedule", &[("cron", Some(toml_value(&self.schedule.cron)))]);
         write_section(
             &mut out,
             "database",
             &[
-                (
-                    "url",
-                    Some(toml_value(&redact_url(self.database.url.expose_secret()))),
-                ),
-                (
-                    "max_connections",
-                    Some(self.database.max_connections.to_string()),
-                ),
+                ("url", Some(toml_value(&redact_url(self.database.url.expose_secret())))),
+                ("max_connections", Some(self.database.max_connections.to_string())),
             ],
         );
-        write_section(
-            &mut out,
-            "stale",
-            &[("after", Some(toml_duration(self.stale.after)))],
-        );
+        write_section(&mut out, "stale", &[("after", Some(toml_duration(self.stale.after)))]);
         write_section(
             &mut out,
             "alerts",
             &[
                 (
                     "webhook_url",
-                    Some(toml_value(
-                        &self
-                            .alerts
-                            .webhook_url
-                            .as_deref()
-                            .map(redact_url)
-                            .unwrap_or_default(),
-                    )),
+                    Some(toml_value(&self.alerts.webhook_url.as_deref().map(redact_url).unwrap_or_default())),
                 ),
                 ("format", Some(toml_value(&self.alerts.format))),
-                (
-                    "repeat_interval",
-                    Some(toml_duration(self.alerts.repeat_interval)),
-                ),
+                ("repeat_interval", Some(toml_duration(self.alerts.repeat_interval))),
             ],
         );
-        let listen = self
-            .http
-            .listen
-            .map(|address| address.to_string())
-            .unwrap_or_default();
+        let listen = self.http.listen.map(|address| address.to_string()).unwrap_or_default();
         write_section(&mut out, "http", &[("listen", Some(toml_value(&listen)))]);
         write_section(
             &mut out,
             "log",
-            &[
-                ("format", Some(toml_value(&self.log.format))),
-                ("level", Some(toml_value(&self.log.level))),
-            ],
+            &[("format", Some(toml_value(&self.log.format))), ("level", Some(toml_value(&self.log.level)))],
         );
         out
     }

@@ -75,14 +75,8 @@ mod tests {
 
     #[test]
     fn passwords_are_hidden() {
-        assert_eq!(
-            redact_url("postgres://u:pw@db:5432/x"),
-            "postgres://u:[redacted]@db:5432/x"
-        );
-        assert_eq!(
-            redact_url("postgres://u:p/w@d@db/x"),
-            "postgres://u:[redacted]@db/x"
-        );
+        assert_eq!(redact_url("postgres://u:pw@db:5432/x"), "postgres://u:[redacted]@db:5432/x");
+        assert_eq!(redact_url("postgres://u:p/w@d@db/x"), "postgres://u:[redacted]@db/x");
         assert_eq!(
             redact_url("postgres://db/x?user=u&password=pw&sslmode=require"),
             "postgres://db/x?user=u&password=[redacted]&sslmode=require"

@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres, Transaction};
 
-use super::{QueryContext, Store, StoreError, APPLY_LOCK};
+use super::{APPLY_LOCK, QueryContext, Store, StoreError};
 use crate::agent::{AgentRecord, Attributes};
 use crate::agent_id::AgentId;
-use crate::diff::{dedup_batch, Diff, Status, StoredAgent};
+use crate::diff::{Diff, Status, StoredAgent, dedup_batch};
 
 /// The outcome of applying one batch.
 #[derive(Debug, Clone)]
@@ -77,11 +77,8 @@ async fn load_stored(
     fetched: &[AgentRecord],
     missing: &[AgentId],
 ) -> Result<HashMap<AgentId, StoredAgent>, StoreError> {
-    let ids: Vec<&str> = fetched
-        .iter()
-        .map(|r| r.id.as_str())
-        .chain(missing.iter().map(AgentId::as_str))
-        .collect();
+    let ids: Vec<&str> =
+        fetched.iter().map(|r| r.id.as_str()).chain(missing.iter().map(AgentId::as_str)).collect();
     let rows: Vec<StoredRow> = sqlx::query_as(
         "SELECT agent_id, machine_id, computer_dns_name, assigned_application_id,
                 scanner_software_version, mde_client_version, last_seen,

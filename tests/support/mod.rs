@@ -34,11 +34,7 @@ pub async fn fresh_pool() -> PgPool {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     drop_stale_databases(&mut admin, now).await;
-    let name = format!(
-        "{PREFIX}{now}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
+    let name = format!("{PREFIX}{now}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut admin)
         .await
@@ -59,10 +55,11 @@ pub async fn fresh_store() -> Store {
 }
 
 async fn drop_stale_databases(admin: &mut PgConnection, now: u64) {
-    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'sas\\_test\\_%'")
-        .fetch_all(&mut *admin)
-        .await
-        .unwrap_or_default();
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'sas\\_test\\_%'")
+            .fetch_all(&mut *admin)
+            .await
+            .unwrap_or_default();
     for name in names {
         let created: Option<u64> = name
             .strip_prefix(PREFIX)
@@ -70,9 +67,11 @@ async fn drop_stale_databases(admin: &mut PgConnection, now: u64) {
             .and_then(|secs| secs.parse().ok());
         if created.is_some_and(|t| now.saturating_sub(t) > STALE_TEST_DB_SECS) {
             // Best effort: another run may be dropping the same database.
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
-                .execute(&mut *admin)
-                .await;
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+            )))
+            .execute(&mut *admin)
+            .await;
         }
     }
 }
