@@ -9,6 +9,7 @@
 //! - `ledger::LEDGER_LOCK`: serializes budget slot grants across processes.
 
 pub mod apply;
+pub mod ledger;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -1,0 +1,134 @@
+//! The rate-budget ledger: one `api_calls` row per request, written BEFORE the request is
+//! sent, so every process sharing the database (and a restarted one) sees every call.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{QueryContext, Store, StoreError};
+use crate::rate_window::RateWindow;
+
+/// Advisory lock key that serializes slot grants across processes.
+pub const LEDGER_LOCK: i64 = 0x5CA5_0002;
+
+/// How long ledger rows are kept: well past any window, so operators can audit recent usage.
+const KEEP_LEDGER: &str = "7 days";
+
+/// The answer to a slot request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The call is recorded under this id; send it now.
+    Granted(i64),
+    /// Every window is full or a 429 pause is on: ask again after this long.
+    Wait(Duration),
+}
+
+/// Extra spacing added to every window: the API counts calls when they arrive, and a call
+/// recorded earlier may arrive later than one recorded after it. 0.5% of the window, at most
+/// 1 s: 300 ms for a minute window, 1 s for an hour, so utilization stays above 99.5%.
+pub fn guard(window: &RateWindow) -> Duration {
+    (window.per / 200).min(Duration::from_secs(1))
+}
+
+impl Store {
+    /// Grants a slot if every window has room and no 429 pause is on, recording the call;
+    /// otherwise says how long to wait. Serialized by [`LEDGER_LOCK`] and timed by the
+    /// database clock, so all processes agree on the count and on "now".
+    pub async fn take_slot(&self, windows: &[RateWindow], endpoint: &str) -> Result<Slot, StoreError> {
+        let mut tx = self.pool.begin().await.during("starting a budget transaction")?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LEDGER_LOCK)
+            .execute(&mut *tx)
+            .await
+            .during("waiting for the budget lock")?;
+        let (now, paused_until): (DateTime<Utc>, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT clock_timestamp(),
+                    (SELECT max(pause_until) FROM api_calls WHERE pause_until > clock_timestamp())",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .during("reading the 429 pause")?;
+        let mut wait_until = paused_until;
+        for window in windows {
+            let span = window.per + guard(window);
+            // The `calls`-th most recent call inside the span: if it exists, the window is full
+            // until that call is `span` old.
+            let oldest_blocking: Option<DateTime<Utc>> = sqlx::query_scalar(
+                "SELECT called_at FROM api_calls
+                 WHERE called_at > $1 - $2::interval
+                 ORDER BY called_at DESC OFFSET $3 LIMIT 1",
+            )
+            .bind(now)
+            .bind(span)
+            .bind(i64::from(window.calls) - 1)
+            .fetch_optional(&mut *tx)
+            .await
+            .during("counting calls in a rate window")?;
+            if let Some(t) = oldest_blocking {
+                let free_at = t + span;
+                wait_until = wait_until.max(Some(free_at));
+            }
+        }
+        if let Some(until) = wait_until.filter(|until| *until > now) {
+            tx.rollback().await.during("ending a budget transaction")?;
+            return Ok(Slot::Wait((until - now).to_std().unwrap_or_default()));
+        }
+        let call_id: i64 = sqlx::query_scalar(
+            "INSERT INTO api_calls (called_at, endpoint) VALUES ($1, $2) RETURNING call_id",
+        )
+        .bind(now)
+        .bind(endpoint)
+        .fetch_one(&mut *tx)
+        .await
+        .during("recording an API call in the ledger")?;
+        tx.commit().await.during("committing an API call to the ledger")?;
+        Ok(Slot::Granted(call_id))
+    }
+
+    /// Records a call's HTTP status (None: no answer), and for a 429 the pause every
+    /// process must respect before its next call.
+    pub async fn finish_call(
+        &self,
+        call_id: i64,
+        status: Option<u16>,
+        pause: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE api_calls SET status = $2, pause_until = clock_timestamp() + $3::interval
+             WHERE call_id = $1",
+        )
+        .bind(call_id)
+        .bind(status.map(|s| s as i16))
+        .bind(pause)
+        .execute(&self.pool)
+        .await
+        .during("recording an API call's answer")?;
+        Ok(())
+    }
+
+    /// Calls still allowed now in each window (for metrics and planning).
+    pub async fn remaining(&self, windows: &[RateWindow]) -> Result<Vec<u32>, StoreError> {
+        let mut remaining = Vec::with_capacity(windows.len());
+        for window in windows {
+            let used: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM api_calls WHERE called_at > clock_timestamp() - $1::interval",
+            )
+            .bind(window.per + guard(window))
+            .fetch_one(&self.pool)
+            .await
+            .during("counting calls in a rate window")?;
+            remaining.push(window.calls.saturating_sub(u32::try_from(used).unwrap_or(u32::MAX)));
+        }
+        Ok(remaining)
+    }
+
+    /// Drops ledger rows older than a week; windows never look back that far.
+    pub async fn prune_ledger(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM api_calls WHERE called_at < now() - $1::interval")
+            .bind(KEEP_LEDGER)
+            .execute(&self.pool)
+            .await
+            .during("pruning the call ledger")?;
+        Ok(done.rows_affected())
+    }
+}
