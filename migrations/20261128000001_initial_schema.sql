@@ -68,6 +68,7 @@ CREATE TABLE sync_runs (
     agents_missing   integer NOT NULL DEFAULT 0,
     api_calls        integer NOT NULL DEFAULT 0,
     throttled        integer NOT NULL DEFAULT 0,
+    list_pages       integer,
     error            text
 );
 CREATE INDEX sync_runs_started_at_idx ON sync_runs (started_at);

@@ -89,6 +89,18 @@ impl Default for ScheduleSettings {
     }
 }
 
+impl ScheduleSettings {
+    /// The first tick strictly after `after`; None only if the expression never fires again.
+    pub fn next_tick(&self, after: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+        cron_parser().parse(&self.cron).ok()?.find_next_occurrence(&after, false).ok()
+    }
+}
+
+/// The cron parser configured as tokio-cron-scheduler configures it (seconds required).
+fn cron_parser() -> croner::parser::CronParser {
+    croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Required).build()
+}
+
 /// The PostgreSQL connection.
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
@@ -489,11 +501,7 @@ impl Finish for ScheduleSettings {
         if fields != 6 {
             let problem = format!("{:?} is not six fields, seconds first (found {fields})", self.cron);
             problems.push(ConfigProblem::new("schedule.cron", problem, FIX));
-        } else if let Err(error) = croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Required)
-            .build()
-            .parse(&self.cron)
-        {
+        } else if let Err(error) = cron_parser().parse(&self.cron) {
             problems.push(ConfigProblem::new(
                 "schedule.cron",
                 format!("{:?} is not a valid schedule: {error}", self.cron),

@@ -38,6 +38,19 @@ impl SimulatorHandle {
         format!("{}/{}/oauth2/v2.0/token", self.base_url(), self.sim.tenant_id)
     }
 
+    /// The `[defender]` section of a scan-agent-sync configuration that talks to this
+    /// simulator; the client secret goes in `SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET`.
+    pub fn defender_config(&self) -> String {
+        format!(
+            "[defender]\napi_base_url = \"{base}\"\ntoken_url = \"{token}\"\nscope = \"{base}/.default\"\n\
+             tenant_id = \"{tenant}\"\nclient_id = \"{client}\"\n",
+            base = self.base_url(),
+            token = self.token_url(),
+            tenant = self.sim.tenant_id,
+            client = self.sim.client_id,
+        )
+    }
+
     /// IDs of the agents the service returns now, in list order.
     pub fn agent_ids(&self) -> Vec<String> {
         self.sim.fleet_at(Instant::now()).present().map(|agent| agent.id.clone()).collect()

@@ -19,6 +19,7 @@ use super::recorder::Recorder;
 pub(super) struct Shared {
     pub bound: SocketAddr,
     pub tenant_id: String,
+    pub client_id: String,
     pub page_size: usize,
     pub field_case: FieldCase,
     pub envelope: Envelope,
@@ -45,6 +46,7 @@ impl Shared {
         Self {
             bound,
             tenant_id: options.tenant_id.clone(),
+            client_id: options.client_id.clone(),
             page_size: options.page_size.max(1),
             field_case: options.field_case,
             envelope: options.by_id_envelope,

@@ -10,6 +10,8 @@
 
 pub mod apply;
 pub mod ledger;
+pub mod runs;
+pub mod stale;
 
 use std::str::FromStr;
 use std::time::Duration;

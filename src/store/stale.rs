@@ -1,0 +1,46 @@
+//! Staleness as the database sees it: the threshold the `stale_scan_agents` view uses, and
+//! the agents stale now.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{QueryContext, Store, StoreError};
+
+/// One row of `stale_scan_agents`.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct StaleAgent {
+    pub agent_id: String,
+    pub computer_dns_name: Option<String>,
+    pub last_seen: DateTime<Utc>,
+    /// Seconds since `last_seen`.
+    pub stale_for_seconds: f64,
+    pub missing_since: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Writes `stale.after` where the view reads it, so SQL users and the service agree.
+    pub async fn set_stale_after(&self, after: Duration) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO service_settings (name, value) VALUES ('stale_after', $1::interval::text)
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .bind(after)
+        .execute(&self.pool)
+        .await
+        .during("storing stale.after")?;
+        Ok(())
+    }
+
+    /// The agents stale now, longest stale first.
+    pub async fn stale_agents(&self) -> Result<Vec<StaleAgent>, StoreError> {
+        sqlx::query_as(
+            "SELECT agent_id, computer_dns_name, last_seen,
+                    extract(epoch FROM stale_for)::float8 AS stale_for_seconds, missing_since
+             FROM stale_scan_agents ORDER BY last_seen, agent_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .during("listing stale agents")
+    }
+}
