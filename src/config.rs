@@ -98,7 +98,7 @@ impl ScheduleSettings {
 
 /// The cron parser configured as tokio-cron-scheduler configures it (seconds required).
 fn cron_parser() -> croner::parser::CronParser {
-    croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Required).build()
+    croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Required).dom_and_dow(true).build()
 }
 
 /// The PostgreSQL connection.

@@ -7,5 +7,6 @@ pub mod budget;
 pub mod config;
 pub mod diff;
 pub mod rate_window;
+pub mod scheduler;
 pub mod simulator;
 pub mod store;

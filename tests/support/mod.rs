@@ -75,3 +75,16 @@ async fn drop_stale_databases(admin: &mut PgConnection, now: u64) {
         }
     }
 }
+
+/// Loads a configuration from TOML text through the normal loader, with the simulator's
+/// client secret; `database.url` is a placeholder since tests hand pools over directly.
+pub fn settings(toml: &str) -> scan_agent_sync::config::Settings {
+    let file = tempfile::NamedTempFile::new().expect("a temporary config file");
+    std::fs::write(file.path(), toml).expect("writing the temporary config file");
+    let env = std::collections::HashMap::from([
+        ("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET".to_owned(), "sim-secret".to_owned()),
+        ("DATABASE_URL".to_owned(), "postgres://placeholder@127.0.0.1/unused".to_owned()),
+    ]);
+    scan_agent_sync::config::Settings::load_with_env(file.path(), &env)
+        .unwrap_or_else(|e| panic!("test configuration rejected: {e}\n{toml}"))
+}

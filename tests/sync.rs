@@ -1,0 +1,186 @@
+//! One sync cycle end to end: the bundled simulator (or wiremock) and a real PostgreSQL.
+
+mod support;
+
+use std::time::Duration;
+
+use scan_agent_sync::agent_id::AgentId;
+use scan_agent_sync::budget::Budget;
+use scan_agent_sync::config::{FetchMode, Settings};
+use scan_agent_sync::defender::DefenderClient;
+use scan_agent_sync::simulator::{self, Faults, SimulatorHandle, SimulatorOptions};
+use scan_agent_sync::store::runs::RunStatus;
+use scan_agent_sync::store::Store;
+use scan_agent_sync::sync::{CycleOptions, Syncer, Targets};
+use sqlx::PgPool;
+use tokio::time::Instant;
+
+async fn sim(agents: usize) -> SimulatorHandle {
+    simulator::start(SimulatorOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        agents,
+        page_size: 10,
+        evolve_every: Duration::ZERO,
+        ..SimulatorOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn config(sim: &SimulatorHandle, mode: &str, windows: &str) -> Settings {
+    support::settings(&format!(
+        "{}fetch_mode = \"{mode}\"\nmax_retries = 1\nrequest_timeout = \"5s\"\n[rate_limit]\nwindows = {windows}\n",
+        sim.defender_config()
+    ))
+}
+
+fn syncer(settings: &Settings, pool: &PgPool) -> Syncer {
+    let store = Store::from_pool(pool.clone());
+    let budget = Budget::new(store.clone(), &settings.rate_limit.windows, settings.rate_limit.max_in_flight);
+    let client = DefenderClient::new(&settings.defender, settings.defender.client_secret().unwrap(), budget).unwrap();
+    Syncer { store, client, mode: settings.defender.fetch_mode, max_in_flight: settings.rate_limit.max_in_flight }
+}
+
+fn ids(sim: &SimulatorHandle) -> Vec<AgentId> {
+    sim.agent_ids().iter().map(|id| AgentId::from_api(id).unwrap()).collect()
+}
+
+const DEFENDER_WINDOWS: &str = "[{ calls = 100, per = \"1m\" }, { calls = 1500, per = \"1h\" }]";
+
+async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn by_id_cycle_fetches_every_agent_and_records_the_run() {
+    let sim = sim(12).await;
+    let pool = support::fresh_pool().await;
+    let syncer = syncer(&config(&sim, "by-id", DEFENDER_WINDOWS), &pool);
+    let targets = Targets { ids: ids(&sim), track_all: false };
+    let report = syncer.run_cycle(&targets, &CycleOptions::default()).await.unwrap();
+    assert_eq!((report.status, report.mode, report.exit_code()), (RunStatus::Ok, FetchMode::ById, 0));
+    assert_eq!((report.fetched, report.diff.new_count(), report.api_calls), (12, 12, 12));
+    let run: (String, i32, i32, i32, i32) = sqlx::query_as(
+        "SELECT status, agents_requested, agents_fetched, agents_new, api_calls FROM sync_runs",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(run, ("ok".into(), 12, 12, 12, 12));
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM api_calls WHERE status = 200").await, 12);
+
+    // The simulator changes one agent and deletes another: one version, one missing mark.
+    let all = sim.agent_ids();
+    assert!(sim.upgrade(&all[0], "9.9.9"));
+    assert!(sim.delete(&all[1]));
+    let report = syncer.run_cycle(&targets, &CycleOptions::default()).await.unwrap();
+    assert_eq!((report.diff.changed_count(), report.missing, report.diff.went_missing.len()), (1, 1, 1));
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agent_versions").await, 13);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents WHERE missing_since IS NOT NULL").await, 1);
+    assert!(sim.stats().throttled == 0);
+}
+
+#[tokio::test]
+async fn list_mode_keeps_configured_agents_and_marks_absent_ones_missing() {
+    let sim = sim(25).await;
+    let pool = support::fresh_pool().await;
+    let syncer = syncer(&config(&sim, "auto", DEFENDER_WINDOWS), &pool);
+    let mut wanted = ids(&sim)[..15].to_vec();
+    wanted.push(AgentId::parse("not-in-tenant").unwrap());
+    let targets = Targets { ids: wanted, track_all: false };
+    let report = syncer.run_cycle(&targets, &CycleOptions::default()).await.unwrap();
+    assert_eq!(report.mode, FetchMode::List, "16 IDs cost 16 by-id calls but about one list");
+    assert_eq!(report.api_calls, 3, "25 agents in pages of 10");
+    assert_eq!((report.fetched, report.missing), (15, 1));
+    assert_eq!(report.diff.never_seen.len(), 1);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents").await, 15);
+
+    // Now a list that fails part-way marks nothing missing, and stored data stays.
+    assert!(sim.delete(targets.ids[0].as_str()));
+    sim.set_faults(Faults { error_rate: 1.0, malformed_rate: 0.0, reset_rate: 0.0 });
+    let report = syncer.run_cycle(&targets, &CycleOptions::default()).await.unwrap();
+    assert_eq!((report.status, report.exit_code()), (RunStatus::Failed, 1));
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents WHERE missing_since IS NOT NULL").await, 0);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents").await, 15);
+    let error: Option<String> =
+        sqlx::query_scalar("SELECT error FROM sync_runs ORDER BY run_id DESC LIMIT 1").fetch_one(&pool).await.unwrap();
+    assert!(error.is_some_and(|e| e.starts_with("list")));
+}
+
+#[tokio::test]
+async fn track_all_follows_every_agent_the_list_returns() {
+    let sim = sim(14).await;
+    let pool = support::fresh_pool().await;
+    let syncer = syncer(&config(&sim, "auto", DEFENDER_WINDOWS), &pool);
+    let targets = Targets { ids: Vec::new(), track_all: true };
+    let report = syncer.run_cycle(&targets, &CycleOptions::default()).await.unwrap();
+    assert_eq!((report.mode, report.fetched), (FetchMode::List, 14));
+    assert!(sim.delete(&sim.agent_ids()[3]));
+    let report = syncer.run_cycle(&targets, &CycleOptions::default()).await.unwrap();
+    assert_eq!(report.diff.went_missing.len(), 1);
+}
+
+#[tokio::test]
+async fn a_budget_short_of_the_list_defers_the_rest_and_rotates_least_recently_fetched_first() {
+    let sim = sim(8).await;
+    let pool = support::fresh_pool().await;
+    let syncer = syncer(&config(&sim, "by-id", "[{ calls = 5, per = \"1h\" }]"), &pool);
+    let targets = Targets { ids: ids(&sim), track_all: false };
+    let options = || CycleOptions { deadline: Some(Instant::now() + Duration::from_millis(300)), ..Default::default() };
+    let first = syncer.run_cycle(&targets, &options()).await.unwrap();
+    assert_eq!((first.status, first.fetched, first.deferred), (RunStatus::Ok, 5, 3));
+    // A fresh hour for the second cycle: the three never fetched go first.
+    sqlx::query("UPDATE api_calls SET called_at = called_at - interval '2 hours'").execute(&pool).await.unwrap();
+    let second = syncer.run_cycle(&targets, &options()).await.unwrap();
+    assert_eq!(second.diff.new_count(), 3, "the deferred agents are fetched before the others");
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents").await, 8);
+}
+
+#[tokio::test]
+async fn dry_run_prints_the_diff_and_writes_only_the_ledger() {
+    let sim = sim(5).await;
+    let pool = support::fresh_pool().await;
+    let syncer = syncer(&config(&sim, "by-id", DEFENDER_WINDOWS), &pool);
+    let targets = Targets { ids: ids(&sim), track_all: false };
+    let options = CycleOptions { dry_run: true, ..Default::default() };
+    let report = syncer.run_cycle(&targets, &options).await.unwrap();
+    assert_eq!((report.run_id, report.diff.new_count()), (None, 5));
+    let printed = report.to_string();
+    assert!(printed.contains("new       ") && printed.contains("dry run: nothing was written"), "{printed}");
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents").await, 0);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM sync_runs").await, 0);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM api_calls").await, 5, "the calls were spent");
+
+    syncer.run_cycle(&targets, &CycleOptions::default()).await.unwrap();
+    sim.upgrade(targets.ids[2].as_str(), "8.0.0");
+    let report = syncer.run_cycle(&targets, &options).await.unwrap();
+    assert!(report.to_string().contains("scanner_software_version: 7.1.1 -> 8.0.0"), "{report}");
+}
+
+#[tokio::test]
+async fn two_sync_processes_at_once_stay_within_every_window() {
+    let sim = simulator::start(SimulatorOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        agents: 30,
+        windows: vec![scan_agent_sync::rate_window::RateWindow::parse_compact("10/1s").unwrap()],
+        evolve_every: Duration::ZERO,
+        ..SimulatorOptions::default()
+    })
+    .await
+    .unwrap();
+    let pool = support::fresh_pool().await;
+    let other_pool =
+        sqlx::postgres::PgPoolOptions::new().connect_with(pool.connect_options().as_ref().clone()).await.unwrap();
+    let settings = config(&sim, "by-id", "[{ calls = 10, per = \"1s\" }]");
+    let (a, b) = (syncer(&settings, &pool), syncer(&settings, &other_pool));
+    let targets = Targets { ids: ids(&sim), track_all: false };
+    let (ra, rb) = tokio::join!(
+        a.run_cycle(&targets, &CycleOptions::default()),
+        b.run_cycle(&targets, &CycleOptions::default())
+    );
+    assert_eq!((ra.unwrap().status, rb.unwrap().status), (RunStatus::Ok, RunStatus::Ok));
+    let stats = sim.stats();
+    assert_eq!(stats.throttled, 0, "no window was exceeded: {stats:?}");
+    assert!(stats.window_peaks.iter().all(|p| p.max_accepted <= 10), "{stats:?}");
+    assert_eq!(stats.api_requests, 60);
+}
