@@ -92,6 +92,21 @@ impl Store {
         Ok(())
     }
 
+    /// Marks runs left `running` by a process that died (SIGKILL, power loss) as
+    /// `interrupted`. Only the active instance runs cycles, so when it starts leading every
+    /// `running` row belongs to a dead one.
+    pub async fn close_abandoned_runs(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sync_runs SET status = 'interrupted', finished_at = clock_timestamp(),
+                 error = coalesce(error, 'the process stopped before the run finished')
+             WHERE status = 'running'",
+        )
+        .execute(&self.pool)
+        .await
+        .during("closing abandoned runs")?;
+        Ok(done.rows_affected())
+    }
+
     /// Orders IDs for fetching: never-fetched first (in the given order), then the least
     /// recently fetched, so a budget that cannot cover everyone rotates through all of them.
     pub async fn fetch_order(&self, ids: &[AgentId]) -> Result<Vec<AgentId>, StoreError> {

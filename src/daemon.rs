@@ -1,0 +1,287 @@
+//! `scan-agent-sync run`: the long-running service.
+//!
+//! Wiring only: the store (migrated at start), leadership (one active instance per
+//! database), the HTTP endpoints, the cron schedule, and a loop that runs one sync cycle at
+//! a time while this instance leads, reloads the agent list on SIGHUP, pings the systemd
+//! watchdog, and on SIGTERM/SIGINT lets the running cycle apply what it fetched and record
+//! itself `interrupted`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::budget::Budget;
+use crate::config::Settings;
+use crate::defender::DefenderClient;
+use crate::http::{self, HttpState};
+use crate::leader::{LeaderState, Leadership, LeadershipSettings};
+use crate::metrics::Metrics;
+use crate::notify;
+use crate::scheduler::{Busy, Schedule};
+use crate::store::{Store, StoreError};
+use crate::sync::{CycleOptions, CycleReport, SyncError, Syncer, Targets};
+
+/// How long a stopping daemon waits for the running cycle to apply what it fetched; the
+/// unit's `TimeoutStopSec` (45 s) leaves room for the rest of the shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs until `shutdown` completes. Errors only for what a restart cannot fix by waiting
+/// (bad secret file, unusable listen address); a database outage is waited out.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested");
+            cancel.cancel();
+        }
+    });
+    let Some(store) = connect_and_migrate(&settings, &cancel).await? else { return Ok(()) };
+    let metrics = Metrics::new();
+    let leadership = Leadership::spawn(
+        store.pool().connect_options().as_ref().clone(),
+        LeadershipSettings::default(),
+        &cancel,
+    );
+    let http = match settings.http.listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on http.listen = {addr}; pick a free address or set it to \"\""))?;
+            tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+            let state = HttpState { metrics: metrics.clone(), store: store.clone(), leadership: leadership.subscribe() };
+            Some(tokio::spawn(http::serve(listener, state, cancel.clone().cancelled_owned())))
+        }
+        None => None,
+    };
+    let secret = settings.defender.client_secret()?;
+    let budget = Budget::new(store.clone(), &settings.rate_limit.windows, settings.rate_limit.max_in_flight);
+    let client = DefenderClient::new(&settings.defender, secret, budget.clone())?;
+    let syncer = Syncer {
+        store: store.clone(),
+        client,
+        mode: settings.defender.fetch_mode,
+        max_in_flight: settings.rate_limit.max_in_flight,
+    };
+    let busy = Busy::default();
+    let (schedule, ticks) = Schedule::start(&settings.schedule.cron, busy.clone(), {
+        let metrics = metrics.clone();
+        move || metrics.record_skipped_tick()
+    })
+    .await
+    .context("starting the schedule")?;
+
+    notify::ready();
+    let mut daemon = Daemon {
+        settings,
+        syncer,
+        budget,
+        metrics,
+        busy,
+        leader: leadership.subscribe(),
+        cancel: cancel.clone(),
+        targets: Targets::default(),
+        cycle: None,
+        first_cycle_due: true,
+    };
+    daemon.targets = Targets { ids: daemon.settings.agents.ids.clone(), track_all: daemon.settings.agents.track_all };
+    daemon.run_loop(ticks).await?;
+
+    notify::stopping();
+    schedule.stop().await;
+    daemon.finish_cycle().await;
+    leadership.shutdown().await;
+    if let Some(http) = http {
+        let _ = http.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Connects and migrates, waiting out an unreachable database with backoff; None when
+/// shutdown came first.
+async fn connect_and_migrate(settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<Option<Store>> {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        let attempt = async {
+            let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
+            store.migrate().await?;
+            store.set_stale_after(settings.stale.after).await?;
+            Ok::<_, StoreError>(store)
+        };
+        match attempt.await {
+            Ok(store) => return Ok(Some(store)),
+            Err(error) if error.is_transient() => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::error!(%error, retry_in = ?delay, "database not available yet; retrying");
+                notify::status("waiting for PostgreSQL");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return Ok(None),
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// The loop's state.
+struct Daemon {
+    settings: Settings,
+    syncer: Syncer,
+    budget: Budget,
+    metrics: Metrics,
+    busy: Busy,
+    leader: watch::Receiver<LeaderState>,
+    cancel: CancellationToken,
+    targets: Targets,
+    cycle: Option<JoinHandle<Result<CycleReport, SyncError>>>,
+    /// The first cycle runs as soon as this instance leads, not at the first tick.
+    first_cycle_due: bool,
+}
+
+impl Daemon {
+    async fn run_loop(&mut self, mut ticks: tokio::sync::mpsc::Receiver<()>) -> anyhow::Result<()> {
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let watchdog_every = notify::watchdog_interval().unwrap_or(Duration::from_secs(3600));
+        let mut watchdog = tokio::time::interval(watchdog_every);
+        self.maybe_start_cycle();
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Ok(()),
+                Some(()) = ticks.recv() => self.maybe_start_cycle(),
+                changed = self.leader.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let state = *self.leader.borrow_and_update();
+                    self.metrics.set_leader(state == LeaderState::Leader);
+                    tracing::info!(?state, "leadership changed");
+                    if self.first_cycle_due {
+                        self.maybe_start_cycle();
+                    }
+                }
+                done = wait_for(&mut self.cycle) => self.cycle_finished(done).await,
+                _ = hangup.recv() => self.reload_agents(),
+                _ = watchdog.tick() => notify::watchdog(),
+            }
+        }
+    }
+
+    /// Starts a cycle in the background if this instance leads and none is running.
+    fn maybe_start_cycle(&mut self) {
+        if self.cycle.is_some() {
+            self.metrics.record_skipped_tick();
+            return;
+        }
+        if *self.leader.borrow() != LeaderState::Leader {
+            tracing::debug!("not the active instance; no cycle");
+            return;
+        }
+        let first = std::mem::replace(&mut self.first_cycle_due, false);
+        let deadline = self.next_tick_deadline();
+        let options = CycleOptions { dry_run: false, deadline, cancel: self.cancel.child_token() };
+        let (syncer, targets, guard) = (self.syncer.clone(), self.targets.clone(), self.busy.enter());
+        self.cycle = Some(tokio::spawn(async move {
+            let _busy = guard;
+            if first {
+                let closed = syncer.store.close_abandoned_runs().await?;
+                if closed > 0 {
+                    tracing::warn!(closed, "marked runs left 'running' by a stopped instance as interrupted");
+                }
+            }
+            syncer.run_cycle(&targets, &options).await
+        }));
+    }
+
+    /// A cycle stops starting requests at the next tick, so the budget left over when a
+    /// cycle cannot cover everyone is not spent late, and the next cycle starts on time.
+    fn next_tick_deadline(&self) -> Option<Instant> {
+        let now = chrono::Utc::now();
+        let next = self.settings.schedule.next_tick(now)?;
+        Some(Instant::now() + (next - now).to_std().unwrap_or_default())
+    }
+
+    async fn cycle_finished(&mut self, done: Result<Result<CycleReport, SyncError>, tokio::task::JoinError>) {
+        self.cycle = None;
+        match done {
+            Ok(Ok(report)) => {
+                let succeeded = matches!(report.exit_code(), 0).then(chrono::Utc::now);
+                self.metrics.record_run(report.status.as_str(), report.elapsed, succeeded);
+                tracing::info!("{}", report.to_string().trim_end());
+            }
+            Ok(Err(error)) => {
+                self.metrics.record_run("failed", Duration::ZERO, None);
+                tracing::error!(%error, "sync cycle could not complete; the next tick retries");
+            }
+            Err(panic) => {
+                self.metrics.record_run("failed", Duration::ZERO, None);
+                tracing::error!(%panic, "sync cycle task failed");
+            }
+        }
+        self.refresh_budget_metrics().await;
+    }
+
+    async fn refresh_budget_metrics(&self) {
+        match self.budget.remaining().await {
+            Ok(remaining) => {
+                for (window, left) in self.budget.windows().iter().zip(remaining) {
+                    self.metrics.set_budget_remaining(&window.label(), left);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading the remaining budget failed"),
+        }
+    }
+
+    /// SIGHUP: re-reads `agents.ids_file`; a broken list is rejected and the old one kept.
+    fn reload_agents(&mut self) {
+        match self.settings.agents.reload() {
+            Ok(ids) => {
+                let old: std::collections::HashSet<_> = self.targets.ids.iter().cloned().collect();
+                let new: std::collections::HashSet<_> = ids.iter().cloned().collect();
+                let added: Vec<String> = new.difference(&old).map(ToString::to_string).collect();
+                let removed: Vec<String> = old.difference(&new).map(ToString::to_string).collect();
+                tracing::info!(total = ids.len(), ?added, ?removed, "agent list reloaded");
+                self.targets.ids = ids;
+            }
+            Err(error) => {
+                tracing::error!(%error, kept = self.targets.ids.len(), "agent list reload rejected; keeping the old list");
+            }
+        }
+    }
+
+    /// At shutdown: lets the running cycle apply what it fetched (it was cancelled with the
+    /// daemon and records itself `interrupted`), for at most [`SHUTDOWN_GRACE`].
+    async fn finish_cycle(&mut self) {
+        let Some(cycle) = self.cycle.take() else { return };
+        match tokio::time::timeout(SHUTDOWN_GRACE, cycle).await {
+            Ok(done) => self.cycle_finished(done).await,
+            Err(_) => tracing::error!(
+                grace = ?SHUTDOWN_GRACE,
+                "the running cycle did not finish in time; its transaction rolls back and its run stays 'running'"
+            ),
+        }
+    }
+}
+
+/// Completes when the running cycle does; never while none runs.
+async fn wait_for<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
