@@ -8,3 +8,4 @@ pub mod diff;
 pub mod rate_window;
 pub mod simulator;
 pub mod store;
+pub mod telemetry;
