@@ -6,6 +6,7 @@ pub mod agent_id;
 pub mod config;
 pub mod diff;
 pub mod rate_window;
+pub mod shutdown;
 pub mod simulator;
 pub mod store;
 pub mod telemetry;
