@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod agent_id;
+pub mod cli;
 pub mod config;
 pub mod diff;
 pub mod rate_window;
