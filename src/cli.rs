@@ -133,6 +133,7 @@ impl Globals {
         self.init_telemetry(&LogSettings::default())
     }
 
+    /// Starts logging as `log` says, with `--log-format`, `-v` and `-q` applied on top.
     fn init_telemetry(&self, log: &LogSettings) -> Result<(), ConfigError> {
         let log = LogSettings { format: self.log_format.unwrap_or(log.format), level: log.level.clone() };
         // Clamped first, so the cast cannot wrap; six steps already span every level.
