@@ -198,8 +198,8 @@ fn listen_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<S
         .transpose()
 }
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+/// Log line format; also the value of `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines, for a terminal or the journal.
@@ -555,7 +555,20 @@ macro_rules! finished_by_serde {
     )*};
 }
 
-finished_by_serde!(HttpSettings, LogSettings);
+finished_by_serde!(HttpSettings);
+
+impl Finish for LogSettings {
+    type Output = Self;
+
+    /// Checks the filter here, with the telemetry's own parser, so a typo is reported with
+    /// the other problems and its source instead of when logging starts.
+    fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self {
+        if let Err(error) = crate::telemetry::parse_filter(&self.level) {
+            problems.push(ConfigProblem::new("log.level", error, crate::telemetry::FILTER_FIX));
+        }
+        self
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -4,9 +4,12 @@
 pub mod agent;
 pub mod agent_id;
 pub mod budget;
+pub mod cli;
 pub mod config;
 pub mod diff;
 pub mod rate_window;
 pub mod scheduler;
+pub mod shutdown;
 pub mod simulator;
 pub mod store;
+pub mod telemetry;

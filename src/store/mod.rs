@@ -13,15 +13,20 @@ pub mod ledger;
 pub mod runs;
 pub mod stale;
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
+use sqlx::migrate::{Migrate, Migration};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// Embedded migrations, applied by `migrate` and at daemon start.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The table where sqlx records applied migrations (its default, which `migrate!` keeps).
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 
 /// Advisory lock key that serializes [`Store::apply`]. One global lock rather than row
 /// locks: appliers never deadlock, and a second applier waits at most one batch.
@@ -99,11 +104,27 @@ impl Store {
         &self.pool
     }
 
-    /// Applies every pending migration; safe to run from several processes at once
-    /// (sqlx takes an advisory lock).
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+    /// Applies every pending migration and returns the ones that were pending, so
+    /// `migrate` can say what it did; safe to run from several processes at once (sqlx
+    /// takes an advisory lock), though then each may list what another applied.
+    pub async fn migrate(&self) -> Result<Vec<&'static Migration>, StoreError> {
+        let mut conn = self.pool.acquire().await.during("connecting to apply migrations")?;
+        // sqlx creates its bookkeeping table on the first run; until then nothing is applied.
+        let has_table: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(MIGRATIONS_TABLE)
+            .fetch_one(&mut *conn)
+            .await
+            .during("looking for the migrations table")?;
+        let applied: HashSet<i64> = if has_table {
+            conn.list_applied_migrations(MIGRATIONS_TABLE).await?.into_iter().map(|m| m.version).collect()
+        } else {
+            HashSet::new()
+        };
+        MIGRATOR.run(&mut *conn).await?;
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+            .collect())
     }
 }
 

@@ -23,6 +23,18 @@ const PREFIX: &str = "sas_test_";
 
 /// Creates a uniquely named database, applies the migrations, and returns a pool on it.
 pub async fn fresh_pool() -> PgPool {
+    let options = PgConnectOptions::from_str(&admin_url()).unwrap().database(&fresh_database().await);
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .expect("connecting to the test database");
+    scan_agent_sync::store::MIGRATOR.run(&pool).await.expect("migrating the test database");
+    pool
+}
+
+/// Creates a uniquely named, empty database (no migrations) and returns its name.
+pub async fn fresh_database() -> String {
     let url = admin_url();
     let mut admin = PgConnection::connect(&url).await.unwrap_or_else(|e| {
         panic!(
@@ -39,14 +51,14 @@ pub async fn fresh_pool() -> PgPool {
         .execute(&mut admin)
         .await
         .expect("creating the test database");
-    let options = PgConnectOptions::from_str(&url).unwrap().database(&name);
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .expect("connecting to the test database");
-    scan_agent_sync::store::MIGRATOR.run(&pool).await.expect("migrating the test database");
-    pool
+    name
+}
+
+/// The URL of database `name` on the tests' server, for running the binary against it.
+pub fn database_url(name: &str) -> String {
+    let mut url = reqwest::Url::parse(&admin_url()).expect("DATABASE_URL is a URL");
+    url.set_path(name);
+    url.into()
 }
 
 /// A [`Store`] on a fresh database.

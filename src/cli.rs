@@ -1,0 +1,302 @@
+//! The command line (PRODUCT.md, "Command line"): flags, subcommands and exit codes.
+//!
+//! One function per command. Each loads what it needs through [`Globals::configure`], so an
+//! invalid configuration stops every command the same way, before it starts, with exit
+//! code 78.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::agent_id::AgentId;
+use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
+use crate::shutdown::shutdown_signal;
+use crate::simulator::{self, SimulatorOptions};
+use crate::store::{Store, StoreError};
+use crate::telemetry;
+
+/// EX_CONFIG from sysexits.h: systemd and supervisors read it as "fix the configuration,
+/// restarting will not help".
+const EX_CONFIG: u8 = 78;
+
+/// Keeps a PostgreSQL copy of Microsoft Defender authenticated-scan agents, within the
+/// API's rate budget.
+#[derive(Debug, Parser)]
+#[command(name = "scan-agent-sync", version, propagate_version = true)]
+pub struct Cli {
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub globals: Globals,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes, before or after its name.
+#[derive(Debug, Args)]
+pub struct Globals {
+    /// The configuration file.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "SCAN_AGENT_SYNC_CONFIG",
+        hide_env_values = true,
+        default_value = "/etc/scan-agent-sync/config.toml"
+    )]
+    pub config: PathBuf,
+
+    /// Log line format; overrides `log.format`.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log more: each -v moves `log.level` one step louder (info, debug, trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Log less: each -q moves `log.level` one step quieter (warn, error, off).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: migrations, scheduled sync cycles, alerting and HTTP endpoints until
+    /// SIGTERM or SIGINT.
+    Run,
+    /// Run one sync cycle now, then exit (0 all fetched, 2 partial, 1 nothing synced).
+    Sync(SyncArgs),
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Validate the configuration and print it with secrets hidden (exit 78 when invalid).
+    CheckConfig(CheckConfigArgs),
+    /// List stale and missing agents.
+    Stale(StaleArgs),
+    /// Show an agent's version and lastSeen history.
+    History(HistoryArgs),
+    /// Run the bundled Defender API simulator until SIGINT or SIGTERM.
+    Simulate(Box<SimulatorOptions>),
+    /// The whole product in one command, against the simulator: no Defender tenant needed.
+    Demo,
+}
+
+/// Flags of `sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Fetch and print what would change, field by field; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Flags of `check-config`.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// Also connect to the database.
+    #[arg(long)]
+    pub connect: bool,
+}
+
+/// Flags of `stale`.
+#[derive(Debug, Args)]
+pub struct StaleArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The agent whose history to show.
+    #[arg(value_name = "AGENT_ID", value_parser = AgentId::parse)]
+    pub agent_id: AgentId,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Globals {
+    /// Loads and validates the configuration, then starts logging as it says (with the
+    /// command-line overrides).
+    pub fn configure(&self) -> Result<Settings, ConfigError> {
+        let settings = Settings::load(&self.config)?;
+        self.init_telemetry(&settings.log)?;
+        Ok(settings)
+    }
+
+    /// Starts logging with the defaults, for commands that need no configuration file.
+    pub fn configure_without_file(&self) -> Result<(), ConfigError> {
+        self.init_telemetry(&LogSettings::default())
+    }
+
+    /// Starts logging as `log` says, with `--log-format`, `-v` and `-q` applied on top.
+    fn init_telemetry(&self, log: &LogSettings) -> Result<(), ConfigError> {
+        let log = LogSettings { format: self.log_format.unwrap_or(log.format), level: log.level.clone() };
+        // Clamped first, so the cast cannot wrap; six steps already span every level.
+        let verbosity = (i16::from(self.verbose) - i16::from(self.quiet)).clamp(-6, 6) as i8;
+        telemetry::init(&log, verbosity)
+    }
+}
+
+/// Why a command failed, which decides the exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// The configuration is invalid: exit 78.
+    Config(ConfigError),
+    /// Anything else: exit 1.
+    Other(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(error: ConfigError) -> Self {
+        Failure::Config(error)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        Failure::Other(error.into())
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::Other(error)
+    }
+}
+
+/// Runs the command and turns its outcome into the exit code, printing any error to stderr.
+pub async fn execute(cli: Cli) -> ExitCode {
+    let Cli { globals, command } = cli;
+    let outcome = match command {
+        Command::Run => run(&globals).await,
+        Command::Sync(args) => sync(&globals, args).await,
+        Command::Migrate => migrate(&globals).await,
+        Command::CheckConfig(args) => check_config(&globals, args).await,
+        Command::Stale(args) => stale(&globals, args).await,
+        Command::History(args) => history(&globals, args).await,
+        Command::Simulate(options) => simulate(&globals, *options).await,
+        Command::Demo => demo(&globals).await,
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(Failure::Config(error)) => {
+            eprintln!("{error}");
+            ExitCode::from(EX_CONFIG)
+        }
+        Err(Failure::Other(error)) => {
+            eprintln!("error: {}", describe(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, skipping causes the message already quotes (our
+/// error types often include their source's text).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// `run`: not built yet.
+async fn run(globals: &Globals) -> Result<ExitCode, Failure> {
+    let _settings = globals.configure()?;
+    not_implemented("run")
+}
+
+/// `sync [--dry-run]`: not built yet.
+async fn sync(globals: &Globals, _args: SyncArgs) -> Result<ExitCode, Failure> {
+    let _settings = globals.configure()?;
+    not_implemented("sync")
+}
+
+/// `migrate`: applies pending migrations and lists them.
+async fn migrate(globals: &Globals) -> Result<ExitCode, Failure> {
+    let settings = globals.configure()?;
+    let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
+    let applied = store.migrate().await?;
+    if applied.is_empty() {
+        println!("database schema is up to date; no migrations to apply");
+    }
+    for migration in applied {
+        println!("applied migration {} ({})", migration.version, migration.description);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `check-config [--connect]`: prints the effective configuration with secrets hidden, then
+/// checks the API credentials and, with `--connect`, the database. The verdicts are TOML
+/// comments, so the output still loads as a configuration file.
+async fn check_config(globals: &Globals, args: CheckConfigArgs) -> Result<ExitCode, Failure> {
+    let settings = globals.configure()?;
+    print!("{}", settings.redacted());
+    println!("\n# configuration: OK");
+    settings.defender.require_api_credentials()?;
+    println!("# API credentials: OK (tenant_id, client_id and the client secret are set)");
+    if args.connect {
+        Store::connect(&settings.database.url, 1).await?;
+        println!("# database: OK (connected)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `stale [--json]`: not built yet.
+async fn stale(globals: &Globals, _args: StaleArgs) -> Result<ExitCode, Failure> {
+    let _settings = globals.configure()?;
+    not_implemented("stale")
+}
+
+/// `history AGENT_ID [--json]`: not built yet.
+async fn history(globals: &Globals, _args: HistoryArgs) -> Result<ExitCode, Failure> {
+    let _settings = globals.configure()?;
+    not_implemented("history")
+}
+
+/// `simulate`: serves the simulator until SIGINT or SIGTERM. It needs no configuration
+/// file: its flags are its configuration.
+async fn simulate(globals: &Globals, options: SimulatorOptions) -> Result<ExitCode, Failure> {
+    globals.configure_without_file()?;
+    simulator::run(options, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `demo`: not built yet. It will need no configuration file.
+async fn demo(globals: &Globals) -> Result<ExitCode, Failure> {
+    globals.configure_without_file()?;
+    not_implemented("demo")
+}
+
+/// What the commands that are not built yet answer.
+fn not_implemented(command: &str) -> Result<ExitCode, Failure> {
+    eprintln!("`scan-agent-sync {command}` is not implemented yet");
+    Ok(ExitCode::FAILURE)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let error = anyhow::anyhow!("inner").context("outer: inner").context("top");
+        assert_eq!(describe(&error), "top: outer: inner");
+    }
+}
