@@ -6,6 +6,8 @@ pub mod agent_id;
 pub mod budget;
 pub mod config;
 pub mod diff;
+pub mod metrics;
+pub mod notify;
 pub mod rate_window;
 pub mod simulator;
 pub mod store;
