@@ -6,6 +6,7 @@ pub mod agent_id;
 pub mod budget;
 pub mod config;
 pub mod diff;
+pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod notify;
