@@ -61,6 +61,9 @@ fn record_everything(metrics: &Metrics) {
     metrics.set_leader(true);
 }
 
+/// Label pairs a sample must carry.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
 /// One sample line: `name{labels} value`.
 #[derive(Debug)]
 struct Sample {
@@ -131,7 +134,7 @@ fn parse_sample(line: &str) -> Option<Sample> {
     Some(Sample { name: name.to_owned(), labels, value })
 }
 
-fn find<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Option<&'a Sample> {
+fn find<'a>(samples: &'a [Sample], name: &str, labels: Labels) -> Option<&'a Sample> {
     samples.iter().find(|s| {
         s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
     })
@@ -149,7 +152,7 @@ async fn metrics_parse_as_prometheus_text_and_carry_every_named_series() {
     assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
     let samples = parse_exposition(&body);
 
-    let expected: &[(&str, &[(&str, &str)], f64)] = &[
+    let expected: &[(&str, Labels, f64)] = &[
         ("scan_agent_sync_api_requests_total", &[("endpoint", "machines_by_id"), ("code", "200")], 1.0),
         ("scan_agent_sync_api_throttled_total", &[], 1.0),
         ("scan_agent_sync_rate_budget_remaining", &[("window", "100/1m")], 42.0),
