@@ -229,7 +229,7 @@ impl Collector for AgentLastSeen {
         let agents = self.0.read().unwrap_or_else(PoisonError::into_inner);
         let mut family = encoder.encode_descriptor(
             "scan_agent_sync_agent_last_seen_timestamp_seconds",
-            "Unix time of each tracked agent's lastSeen as reported by Defender",
+            "Unix time of each tracked agent's lastSeen as reported by Defender.",
             None,
             MetricType::Gauge,
         )?;
