@@ -7,8 +7,11 @@
 //! Advisory locks used (all transaction-scoped unless noted), in one place so keys never clash:
 //! - [`APPLY_LOCK`]: serializes batch application, so concurrent appliers behave as if in sequence.
 //! - `ledger::LEDGER_LOCK`: serializes budget slot grants across processes.
+//! - `leader_lock::LEADER_LOCK` (session-scoped, on a dedicated connection): held by the one
+//!   active `run` instance among several sharing the database.
 
 pub mod apply;
+pub mod leader_lock;
 pub mod ledger;
 pub mod runs;
 pub mod stale;
@@ -104,6 +107,11 @@ impl Store {
         &self.pool
     }
 
+    /// Proves the database answers a query now (readiness probes).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        select_one(&self.pool, "checking the database answers").await
+    }
+
     /// Applies every pending migration and returns the ones that were pending, so
     /// `migrate` can say what it did; safe to run from several processes at once (sqlx
     /// takes an advisory lock), though then each may list what another applied.
@@ -126,6 +134,14 @@ impl Store {
             .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
             .collect())
     }
+}
+
+/// `SELECT 1` on any executor: the cheapest proof that a connection (or pool) works.
+pub(crate) async fn select_one<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    what: &'static str,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1").execute(executor).await.during(what).map(drop)
 }
 
 /// `host:port/database` for messages: enough to spot a wrong target, nothing secret.

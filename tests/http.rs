@@ -1,0 +1,226 @@
+//! The HTTP endpoints over a real listener on port 0 and a real PostgreSQL.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use scan_agent_sync::http::{HttpState, serve};
+use scan_agent_sync::leader::LeaderState;
+use scan_agent_sync::metrics::Metrics;
+use scan_agent_sync::store::Store;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A running server; the listener stops when `stop` is cancelled.
+struct Server {
+    base: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn spawn_server(metrics: Metrics, store: Store, leadership: watch::Receiver<LeaderState>) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding port 0");
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let state = HttpState { metrics, store, leadership };
+    let task = tokio::spawn(serve(listener, state, stop.clone().cancelled_owned()));
+    Server { base, stop, task }
+}
+
+async fn get(server: &Server, path: &str) -> (u16, String, String) {
+    let response = reqwest::get(format!("{}{path}", server.base)).await.expect("requesting");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, content_type, response.text().await.unwrap())
+}
+
+/// A store whose pool points at a port where nothing listens.
+fn dead_store() -> Store {
+    let options = PgConnectOptions::new().host("127.0.0.1").port(1).username("postgres");
+    Store::from_pool(PgPoolOptions::new().acquire_timeout(Duration::from_secs(1)).connect_lazy_with(options))
+}
+
+/// Calls every recording method once, so every series has a sample.
+fn record_everything(metrics: &Metrics) {
+    let at = Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap();
+    metrics.record_api_request("machines_by_id", "200");
+    metrics.record_throttled();
+    metrics.set_budget_remaining("100/1m", 42);
+    metrics.record_run("ok", Duration::from_millis(1500), Some(at));
+    metrics.set_agent_counts(10, 2, 1);
+    metrics.set_agent_last_seen(&[("agent-a".into(), at), ("agent-b".into(), at)]);
+    metrics.record_skipped_tick();
+    metrics.set_leader(true);
+}
+
+/// Label pairs a sample must carry.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
+/// One sample line: `name{labels} value`.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// A line-based check of the text exposition: every sample is `name{labels} value`, and
+/// every sample belongs to a family announced by both `# HELP` and `# TYPE`.
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut help = BTreeSet::new();
+    let mut types = BTreeMap::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut parts = comment.splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("HELP"), Some(name), Some(_)) => {
+                    assert!(help.insert(name.to_owned()), "HELP twice: {line}")
+                }
+                (Some("TYPE"), Some(name), Some(kind)) => {
+                    assert!(types.insert(name.to_owned(), kind.to_owned()).is_none(), "TYPE twice: {line}")
+                }
+                (Some("EOF"), None, None) => {}
+                _ => panic!("unexpected comment line: {line:?}"),
+            }
+            continue;
+        }
+        samples.push(
+            parse_sample(line).unwrap_or_else(|| panic!("not a `name{{labels}} value` line: {line:?}")),
+        );
+    }
+    assert!(text.ends_with("# EOF\n"), "an OpenMetrics exposition ends with # EOF");
+    for sample in &samples {
+        let family = types
+            .keys()
+            .find(|family| {
+                sample.name.strip_prefix(family.as_str()).is_some_and(|suffix| {
+                    ["", "_total", "_bucket", "_sum", "_count", "_created"].contains(&suffix)
+                })
+            })
+            .unwrap_or_else(|| panic!("sample {} has no # TYPE", sample.name));
+        assert!(help.contains(family), "family {family} has no # HELP");
+    }
+    samples
+}
+
+/// `None` unless the line is `name{labels} value`.
+fn parse_sample(line: &str) -> Option<Sample> {
+    let name_end = line.find(['{', ' '])?;
+    let name = &line[..name_end];
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+        return None;
+    }
+    let mut labels = BTreeMap::new();
+    let mut rest = &line[name_end..];
+    if let Some(inner) = rest.strip_prefix('{') {
+        let close = inner.find('}')?;
+        for pair in inner[..close].split(',').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=')?;
+            let value = value.strip_prefix('"')?.strip_suffix('"')?;
+            labels.insert(key.to_owned(), value.to_owned());
+        }
+        rest = &inner[close + 1..];
+    }
+    let value = rest.strip_prefix(' ')?.parse().ok()?;
+    Some(Sample { name: name.to_owned(), labels, value })
+}
+
+fn find<'a>(samples: &'a [Sample], name: &str, labels: Labels) -> Option<&'a Sample> {
+    samples.iter().find(|s| {
+        s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+    })
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_carry_every_named_series() {
+    let metrics = Metrics::new();
+    record_everything(&metrics);
+    let (_tx, leadership) = watch::channel(LeaderState::Leader);
+    let server = spawn_server(metrics, dead_store(), leadership).await;
+
+    let (status, content_type, body) = get(&server, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    let samples = parse_exposition(&body);
+
+    let expected: &[(&str, Labels, f64)] = &[
+        ("scan_agent_sync_api_requests_total", &[("endpoint", "machines_by_id"), ("code", "200")], 1.0),
+        ("scan_agent_sync_api_throttled_total", &[], 1.0),
+        ("scan_agent_sync_rate_budget_remaining", &[("window", "100/1m")], 42.0),
+        ("scan_agent_sync_sync_runs_total", &[("status", "ok")], 1.0),
+        ("scan_agent_sync_last_success_timestamp_seconds", &[], 1_740_830_400.0),
+        ("scan_agent_sync_agents", &[("state", "tracked")], 10.0),
+        ("scan_agent_sync_agents", &[("state", "stale")], 2.0),
+        ("scan_agent_sync_agents", &[("state", "missing")], 1.0),
+        ("scan_agent_sync_agent_last_seen_timestamp_seconds", &[("agent_id", "agent-a")], 1_740_830_400.0),
+        ("scan_agent_sync_agent_last_seen_timestamp_seconds", &[("agent_id", "agent-b")], 1_740_830_400.0),
+        ("scan_agent_sync_sync_duration_seconds_count", &[], 1.0),
+        ("scan_agent_sync_sync_duration_seconds_sum", &[], 1.5),
+        ("scan_agent_sync_sync_duration_seconds_bucket", &[("le", "2.0")], 1.0),
+        ("scan_agent_sync_skipped_ticks_total", &[], 1.0),
+        ("scan_agent_sync_leader", &[], 1.0),
+    ];
+    for (name, labels, value) in expected {
+        let sample =
+            find(&samples, name, labels).unwrap_or_else(|| panic!("{name}{labels:?} missing:\n{body}"));
+        assert_eq!(sample.value, *value, "{name}{labels:?}");
+    }
+    server.stop.cancel();
+    server.task.await.unwrap().expect("the server shuts down cleanly");
+}
+
+#[tokio::test]
+async fn replacing_the_agent_set_removes_agents_no_longer_tracked() {
+    let metrics = Metrics::new();
+    record_everything(&metrics);
+    let at = Utc.with_ymd_and_hms(2025, 3, 2, 0, 0, 0).unwrap();
+    metrics.set_agent_last_seen(&[("agent-b".into(), at)]);
+    let samples = parse_exposition(&metrics.encode());
+    let name = "scan_agent_sync_agent_last_seen_timestamp_seconds";
+    assert!(find(&samples, name, &[("agent_id", "agent-a")]).is_none(), "agent-a should be gone");
+    assert_eq!(find(&samples, name, &[("agent_id", "agent-b")]).unwrap().value, 1_740_873_600.0);
+}
+
+#[tokio::test]
+async fn healthz_answers_without_a_database() {
+    let (_tx, leadership) = watch::channel(LeaderState::Unknown);
+    let server = spawn_server(Metrics::new(), dead_store(), leadership).await;
+    let (status, _, body) = get(&server, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
+
+#[tokio::test]
+async fn readyz_needs_a_live_database_and_a_known_leadership_state() {
+    let store = support::fresh_store().await;
+    let (tx, leadership) = watch::channel(LeaderState::Leader);
+    let server = spawn_server(Metrics::new(), store, leadership).await;
+
+    assert_eq!(get(&server, "/readyz").await.0, 200, "leader with a live database");
+    tx.send_replace(LeaderState::Standby);
+    let (status, _, body) = get(&server, "/readyz").await;
+    assert_eq!((status, body.as_str()), (200, "ok: standby\n"));
+    tx.send_replace(LeaderState::Unknown);
+    let (status, _, body) = get(&server, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("leadership unknown"), "{body}");
+}
+
+#[tokio::test]
+async fn readyz_is_503_when_the_database_is_unreachable() {
+    let (_tx, leadership) = watch::channel(LeaderState::Leader);
+    let server = spawn_server(Metrics::new(), dead_store(), leadership).await;
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(&server, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: "), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(4), "the probe is bounded: {:?}", started.elapsed());
+}
