@@ -5,6 +5,7 @@ pub mod agent;
 pub mod agent_id;
 pub mod budget;
 pub mod config;
+pub mod defender;
 pub mod diff;
 pub mod rate_window;
 pub mod simulator;
