@@ -60,7 +60,7 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// Most pages one listing follows. The hourly budget is 1,500 calls, so a listing that needs
 /// more than this is not going to finish anyway; a server that keeps linking on is broken.
-pub const MAX_PAGES: u32 = 1000;
+const MAX_PAGES: u32 = 1000;
 
 /// Characters left as they are in an agent ID's path segment: RFC 3986's unreserved ones.
 /// Everything else, `/`, `?`, `#`, `%`, space and non-ASCII included, is percent-encoded.
