@@ -6,6 +6,7 @@ pub mod agent_id;
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod defender;
 pub mod diff;
 pub mod http;
 pub mod leader;

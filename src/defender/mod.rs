@@ -1,0 +1,380 @@
+//! The Defender API client: the by-ID and list endpoints of authenticated-scan agents, every
+//! request paid for from the shared rate budget, with retries the budget can afford.
+//!
+//! Retry policy (PRODUCT.md, "Budget"):
+//! - Every API request, first try or retry, takes its own budget slot before it is sent, and
+//!   records its status afterwards; token requests do not count against the API's windows.
+//! - 5xx, 429, timeouts, broken connections and cut-off or garbled bodies are retried, up to
+//!   `defender.max_retries` retries per request. 429s count towards that limit too: a client
+//!   that keeps getting 429s is competing for the app registration's budget and should give
+//!   the rest of the cycle back rather than queue more calls.
+//! - A 429 pauses every process for its `Retry-After` (recorded with the permit), so the retry
+//!   adds no backoff of its own: the budget holds it back. Other failures back off with
+//!   jittered exponential delays (200 ms doubling, at most 30 s, plus up to 100% jitter).
+//! - A 401 drops the cached token, gets a new one and retries once, outside `max_retries`;
+//!   a second 401 is [`ApiError::Unauthorized`]. 400, 403, 404 and oversized bodies are not
+//!   retried.
+//! - A backoff that would end after the caller's deadline is not slept: the request fails
+//!   with its last error. A slot that would come after it fails with the budget's error.
+
+mod auth;
+mod envelope;
+mod error;
+mod retry;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::agent::{AgentRecord, RecordError};
+use crate::agent_id::AgentId;
+use crate::budget::{Budget, BudgetError};
+use crate::config::DefenderSettings;
+
+pub use error::{ApiError, ErrorDetail, TokenFailure};
+
+use auth::{TokenCache, TokenSource};
+use envelope::{parse_json, read_capped};
+use retry::{RetryPolicy, retry_after};
+
+/// The list endpoint's path under the API base URL; an agent's is this plus `/{id}`.
+const AGENTS_PATH: &str = "/api/DeviceAuthenticatedScanAgents";
+
+/// A by-ID answer is one agent of well under a kilobyte; a megabyte is far beyond any real one.
+const BY_ID_BODY_LIMIT: usize = 1024 * 1024;
+
+/// A list page holds as many agents as the service chooses (the docs give no page size): at
+/// under 1 KiB an agent, 64 MiB is tens of thousands of agents, more than any tenant in one page,
+/// yet small enough that a runaway body cannot exhaust the service's memory.
+const LIST_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Error bodies only carry a code and a message; a larger one is a gateway page, not read.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// Most pages one listing follows. The hourly budget is 1,500 calls, so a listing that needs
+/// more than this is not going to finish anyway; a server that keeps linking on is broken.
+const MAX_PAGES: u32 = 1000;
+
+/// Characters left as they are in an agent ID's path segment: RFC 3986's unreserved ones.
+/// Everything else, `/`, `?`, `#`, `%`, space and non-ASCII included, is percent-encoded.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// The URL of one agent: its ID is always exactly one path segment, whatever it contains.
+pub fn agent_url(api_base: &str, id: &AgentId) -> String {
+    format!("{api_base}{AGENTS_PATH}/{}", utf8_percent_encode(id.as_str(), PATH_SEGMENT))
+}
+
+/// Which endpoint a request is for: its ledger name and its body limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    ById,
+    List,
+}
+
+impl Endpoint {
+    /// The name in the budget ledger (`api_calls.endpoint`) and in metrics.
+    fn ledger_name(self) -> &'static str {
+        match self {
+            Endpoint::ById => "by-id",
+            Endpoint::List => "list",
+        }
+    }
+
+    fn body_limit(self) -> usize {
+        match self {
+            Endpoint::ById => BY_ID_BODY_LIMIT,
+            Endpoint::List => LIST_BODY_LIMIT,
+        }
+    }
+}
+
+/// API requests sent and 429s received since the client was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CallCounters {
+    pub requests: u64,
+    pub throttled: u64,
+}
+
+#[derive(Debug, Default)]
+struct AtomicCounters {
+    requests: AtomicU64,
+    throttled: AtomicU64,
+}
+
+/// What a listing got: every usable record of the pages fetched, even when it stopped early.
+#[derive(Debug, Default)]
+pub struct ListOutcome {
+    /// Usable agents, each ID once (a later page wins, as the fresher answer).
+    pub records: Vec<AgentRecord>,
+    /// Records that could not be parsed; their agents are neither present nor missing.
+    pub bad_records: Vec<RecordError>,
+    /// Pages fetched successfully.
+    pub pages: u32,
+    /// True when the last page was reached: only then may absent agents be marked missing.
+    pub complete: bool,
+    /// Why the listing stopped early.
+    pub error: Option<ApiError>,
+}
+
+/// The client; clones share the HTTP connection pool, the token cache and the counters.
+#[derive(Debug, Clone)]
+pub struct DefenderClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    api_base_url: String,
+    tokens: TokenCache,
+    budget: Budget,
+    retry: RetryPolicy,
+    counters: AtomicCounters,
+}
+
+impl DefenderClient {
+    /// A client for the configured API and app registration. Makes no request.
+    pub fn new(
+        settings: &DefenderSettings,
+        client_secret: SecretString,
+        budget: Budget,
+    ) -> Result<Self, ApiError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION")))
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout)
+            .build()
+            .map_err(|e| ApiError::Connect {
+                detail: format!("cannot set up HTTP: {}", error::error_chain(&e)),
+            })?;
+        let tokens = TokenCache::new(TokenSource {
+            token_url: settings.token_url.clone(),
+            client_id: settings.client_id.clone(),
+            client_secret,
+            scope: settings.scope.clone(),
+        });
+        let inner = Inner {
+            http,
+            api_base_url: settings.api_base_url.trim_end_matches('/').to_owned(),
+            tokens,
+            budget,
+            retry: RetryPolicy::new(settings.max_retries, settings.request_timeout),
+            counters: AtomicCounters::default(),
+        };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// One agent; `Ok(None)` when the API says it does not exist (404, or an empty `value`).
+    #[tracing::instrument(skip_all, fields(agent_id = %id))]
+    pub async fn get_agent(
+        &self,
+        id: &AgentId,
+        deadline: Option<Instant>,
+    ) -> Result<Option<AgentRecord>, ApiError> {
+        if matches!(id.as_str(), "." | "..") {
+            return Err(ApiError::UnrequestableId(id.to_string()));
+        }
+        let url = agent_url(&self.inner.api_base_url, id);
+        let body = match self.get_json(Endpoint::ById, &url, deadline).await {
+            Ok(body) => body,
+            Err(ApiError::NotFound { .. }) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        match envelope::single_agent(body)? {
+            Some(raw) => Ok(Some(AgentRecord::from_json(raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every page of the list endpoint, following `@odata.nextLink` until there is none.
+    /// Never fails as a whole: a listing that stops early returns what it got, incomplete.
+    #[tracing::instrument(skip_all)]
+    pub async fn list_agents(&self, deadline: Option<Instant>) -> ListOutcome {
+        let mut outcome = ListOutcome::default();
+        let mut by_id: HashMap<AgentId, usize> = HashMap::new();
+        let mut visited = HashSet::new();
+        let mut next = Some(format!("{}{AGENTS_PATH}", self.inner.api_base_url));
+        while let Some(url) = next.take() {
+            let page = self.list_page(&url, outcome.pages, &mut visited, deadline).await;
+            let page = match page {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(error = %error, pages = outcome.pages, target = error.target(), "listing stopped early");
+                    outcome.error = Some(error);
+                    return outcome;
+                }
+            };
+            outcome.pages += 1;
+            for raw in page.items {
+                let shown_id = raw.get("id").and_then(Value::as_str).map(str::to_owned);
+                match AgentRecord::from_json(raw) {
+                    Ok(record) => match by_id.get(&record.id) {
+                        Some(&index) => outcome.records[index] = record,
+                        None => {
+                            by_id.insert(record.id.clone(), outcome.records.len());
+                            outcome.records.push(record);
+                        }
+                    },
+                    Err(error) => {
+                        tracing::warn!(agent_id = shown_id, error = %error, "unusable agent record skipped");
+                        outcome.bad_records.push(error);
+                    }
+                }
+            }
+            next = page.next_link;
+        }
+        outcome.complete = true;
+        outcome
+    }
+
+    /// Fetches one page, refusing links that loop, run past [`MAX_PAGES`] or leave the API.
+    async fn list_page(
+        &self,
+        url: &str,
+        pages_so_far: u32,
+        visited: &mut HashSet<String>,
+        deadline: Option<Instant>,
+    ) -> Result<envelope::Page, ApiError> {
+        let refuse = |what: String| ApiError::Malformed { what, transient: false };
+        if pages_so_far >= MAX_PAGES {
+            return Err(refuse(format!("the list still links on after {MAX_PAGES} pages")));
+        }
+        if !visited.insert(url.to_owned()) {
+            return Err(refuse(format!("the list links back to a page already fetched ({url})")));
+        }
+        self.check_next_link(url)?;
+        envelope::page(self.get_json(Endpoint::List, url, deadline).await?)
+    }
+
+    /// A `nextLink` carries our access token wherever it points, so it must stay on the
+    /// configured API's origin or on a Microsoft API host over HTTPS.
+    fn check_next_link(&self, link: &str) -> Result<(), ApiError> {
+        let refuse = |why: &str| ApiError::Malformed {
+            what: format!("`@odata.nextLink` {link:?} {why}"),
+            transient: false,
+        };
+        let url = reqwest::Url::parse(link).map_err(|_| refuse("is not an absolute URL"))?;
+        let base = reqwest::Url::parse(&self.inner.api_base_url).map_err(|_| refuse("cannot be checked"))?;
+        let microsoft = url.scheme() == "https"
+            && url
+                .host_str()
+                .is_some_and(|host| host.ends_with(".microsoft.com") || host.ends_with(".microsoft.us"));
+        if url.origin() == base.origin() || microsoft {
+            Ok(())
+        } else {
+            Err(refuse("leaves the Defender API; the access token is not sent there"))
+        }
+    }
+
+    /// Gets a token without calling the API, to prove the credentials (`check-config --connect`).
+    #[tracing::instrument(skip_all)]
+    pub async fn check_token(&self) -> Result<(), ApiError> {
+        self.inner.tokens.token(&self.inner.http, &self.inner.retry).await.map(drop)
+    }
+
+    /// API requests sent and 429s received since creation.
+    pub fn counters(&self) -> CallCounters {
+        let counters = &self.inner.counters;
+        CallCounters {
+            requests: counters.requests.load(Ordering::Relaxed),
+            throttled: counters.throttled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// One GET with the whole retry policy (see the module docs), returning the parsed JSON
+    /// of a 2xx answer.
+    async fn get_json(
+        &self,
+        endpoint: Endpoint,
+        url: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Value, ApiError> {
+        let inner = &self.inner;
+        let mut delays = inner.retry.delays();
+        let mut retries_left = inner.retry.max_retries;
+        let mut renewed = false;
+        loop {
+            let token = inner.tokens.token(&inner.http, &inner.retry).await?;
+            let error = match self.send(endpoint, url, &token, deadline).await {
+                Ok(body) => return Ok(body),
+                Err(error) => error,
+            };
+            if matches!(error, ApiError::Unauthorized { .. }) && !renewed {
+                tracing::info!("the API refused the access token; renewing it and retrying once");
+                inner.tokens.forget(&token).await;
+                renewed = true;
+                continue;
+            }
+            if !error.is_transient() || retries_left == 0 {
+                return Err(error);
+            }
+            retries_left -= 1;
+            if error.is_throttled() {
+                tracing::warn!(error = %error, target = error.target(), "throttled; retrying after the pause");
+                continue;
+            }
+            let delay = delays.next().unwrap_or_default();
+            if deadline.is_some_and(|d| Instant::now() + delay > d) {
+                return Err(error);
+            }
+            tracing::warn!(error = %error, target = error.target(), retry_in = ?delay, "request failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One try: a budget slot, the request, its status in the ledger, the body.
+    #[tracing::instrument(skip_all, fields(endpoint = endpoint.ledger_name(), url = %url))]
+    async fn send(
+        &self,
+        endpoint: Endpoint,
+        url: &str,
+        token: &SecretString,
+        deadline: Option<Instant>,
+    ) -> Result<Value, ApiError> {
+        let inner = &self.inner;
+        // The budget only checks the deadline when it has to wait; a try after it is pointless.
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(BudgetError::Exhausted.into());
+        }
+        let permit = inner.budget.acquire(endpoint.ledger_name(), deadline).await?;
+        inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let timeout = inner.retry.timeout;
+        let transport = |e: &reqwest::Error| ApiError::from_transport(e, timeout);
+        let sent = inner
+            .http
+            .get(url)
+            .bearer_auth(token.expose_secret())
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                permit.finish(None, None).await?;
+                return Err(transport(&e));
+            }
+        };
+        let status = response.status();
+        let pause = (status == StatusCode::TOO_MANY_REQUESTS)
+            .then(|| retry_after(response.headers(), chrono::Utc::now()));
+        if pause.is_some() {
+            inner.counters.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+        let limit = if status.is_success() { endpoint.body_limit() } else { ERROR_BODY_LIMIT };
+        let body = read_capped(&mut response, limit, transport).await;
+        permit.finish(Some(status.as_u16()), pause).await?;
+        if status.is_success() {
+            return parse_json(&body?);
+        }
+        // An unreadable error body loses only the detail, not the status.
+        let detail = body.map(|b| ErrorDetail::parse(&b)).unwrap_or_default();
+        Err(ApiError::from_status(status.as_u16(), detail))
+    }
+}
