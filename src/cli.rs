@@ -14,6 +14,7 @@ use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
 use crate::shutdown::shutdown_signal;
 use crate::simulator::{self, SimulatorOptions};
 use crate::store::{Store, StoreError};
+use crate::sync::{CycleOptions, Syncer, Targets};
 use crate::telemetry;
 
 /// EX_CONFIG from sysexits.h: systemd and supervisors read it as "fix the configuration,
@@ -215,10 +216,38 @@ async fn run(globals: &Globals) -> Result<ExitCode, Failure> {
     not_implemented("run")
 }
 
-/// `sync [--dry-run]`: not built yet.
-async fn sync(globals: &Globals, _args: SyncArgs) -> Result<ExitCode, Failure> {
-    let _settings = globals.configure()?;
-    not_implemented("sync")
+/// `sync [--dry-run]`: one cycle now, bounded like a scheduled one (no request starts
+/// after the next scheduled tick), then a summary. Exit 0 all fetched, 2 partial, 1 nothing.
+async fn sync(globals: &Globals, args: SyncArgs) -> Result<ExitCode, Failure> {
+    let settings = globals.configure()?;
+    settings.defender.require_api_credentials()?;
+    let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
+    if !args.dry_run {
+        // A dry run writes nothing but the ledger, so it expects an already migrated schema.
+        store.migrate().await?;
+    }
+    let syncer = Syncer::from_settings(&settings, store)?;
+    let targets = Targets { ids: settings.agents.ids.clone(), track_all: settings.agents.track_all };
+    if targets.ids.is_empty() && !targets.track_all {
+        eprintln!("nothing to sync: agents.ids and agents.ids_file are empty and agents.track_all is false");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = chrono::Utc::now();
+    let deadline = settings
+        .schedule
+        .next_tick(now)
+        .and_then(|next| (next - now).to_std().ok())
+        .map(|left| tokio::time::Instant::now() + left);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let options = CycleOptions { dry_run: args.dry_run, deadline, cancel: cancel.clone() };
+    let interrupt = tokio::spawn(async move {
+        shutdown_signal().await;
+        cancel.cancel();
+    });
+    let report = syncer.run_cycle(&targets, &options).await.map_err(anyhow::Error::from)?;
+    interrupt.abort();
+    print!("{report}");
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 /// `migrate`: applies pending migrations and lists them.
@@ -245,8 +274,11 @@ async fn check_config(globals: &Globals, args: CheckConfigArgs) -> Result<ExitCo
     settings.defender.require_api_credentials()?;
     println!("# API credentials: OK (tenant_id, client_id and the client secret are set)");
     if args.connect {
-        Store::connect(&settings.database.url, 1).await?;
+        let store = Store::connect(&settings.database.url, 1).await?;
         println!("# database: OK (connected)");
+        let syncer = Syncer::from_settings(&settings, store)?;
+        syncer.client.check_token().await.map_err(anyhow::Error::from)?;
+        println!("# access token: OK (issued by {})", settings.defender.token_url);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -271,10 +303,11 @@ async fn simulate(globals: &Globals, options: SimulatorOptions) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// `demo`: not built yet. It will need no configuration file.
+/// `demo`: the product against the in-process simulator; needs no configuration file.
 async fn demo(globals: &Globals) -> Result<ExitCode, Failure> {
     globals.configure_without_file()?;
-    not_implemented("demo")
+    crate::demo::run().await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What the commands that are not built yet answer.

@@ -18,9 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::Budget;
 use crate::config::Settings;
-use crate::defender::DefenderClient;
 use crate::http::{self, HttpState};
 use crate::leader::{LeaderState, Leadership, LeadershipSettings};
 use crate::metrics::Metrics;
@@ -35,7 +33,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Runs until `shutdown` completes. Errors only for what a restart cannot fix by waiting
 /// (bad secret file, unusable listen address); a database outage is waited out.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     tokio::spawn({
         let cancel = cancel.clone();
@@ -54,24 +55,20 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     );
     let http = match settings.http.listen {
         Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on http.listen = {addr}; pick a free address or set it to \"\""))?;
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on http.listen = {addr}; pick a free address or set it to \"\"")
+            })?;
             tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-            let state = HttpState { metrics: metrics.clone(), store: store.clone(), leadership: leadership.subscribe() };
+            let state = HttpState {
+                metrics: metrics.clone(),
+                store: store.clone(),
+                leadership: leadership.subscribe(),
+            };
             Some(tokio::spawn(http::serve(listener, state, cancel.clone().cancelled_owned())))
         }
         None => None,
     };
-    let secret = settings.defender.client_secret()?;
-    let budget = Budget::new(store.clone(), &settings.rate_limit.windows, settings.rate_limit.max_in_flight);
-    let client = DefenderClient::new(&settings.defender, secret, budget.clone())?;
-    let syncer = Syncer {
-        store: store.clone(),
-        client,
-        mode: settings.defender.fetch_mode,
-        max_in_flight: settings.rate_limit.max_in_flight,
-    };
+    let syncer = Syncer::from_settings(&settings, store.clone())?;
     let busy = Busy::default();
     let (schedule, ticks) = Schedule::start(&settings.schedule.cron, busy.clone(), {
         let metrics = metrics.clone();
@@ -84,7 +81,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     let mut daemon = Daemon {
         settings,
         syncer,
-        budget,
         metrics,
         busy,
         leader: leadership.subscribe(),
@@ -93,7 +89,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
         cycle: None,
         first_cycle_due: true,
     };
-    daemon.targets = Targets { ids: daemon.settings.agents.ids.clone(), track_all: daemon.settings.agents.track_all };
+    daemon.targets =
+        Targets { ids: daemon.settings.agents.ids.clone(), track_all: daemon.settings.agents.track_all };
     daemon.run_loop(ticks).await?;
 
     notify::stopping();
@@ -109,7 +106,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
 
 /// Connects and migrates, waiting out an unreachable database with backoff; None when
 /// shutdown came first.
-async fn connect_and_migrate(settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<Option<Store>> {
+async fn connect_and_migrate(
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<Store>> {
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(1))
         .with_max_delay(Duration::from_secs(30))
@@ -143,7 +143,6 @@ async fn connect_and_migrate(settings: &Settings, cancel: &CancellationToken) ->
 struct Daemon {
     settings: Settings,
     syncer: Syncer,
-    budget: Budget,
     metrics: Metrics,
     busy: Busy,
     leader: watch::Receiver<LeaderState>,
@@ -237,9 +236,10 @@ impl Daemon {
     }
 
     async fn refresh_budget_metrics(&self) {
-        match self.budget.remaining().await {
+        let windows = &self.settings.rate_limit.windows;
+        match self.syncer.store.remaining(windows).await {
             Ok(remaining) => {
-                for (window, left) in self.budget.windows().iter().zip(remaining) {
+                for (window, left) in windows.iter().zip(remaining) {
                     self.metrics.set_budget_remaining(&window.label(), left);
                 }
             }

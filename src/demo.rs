@@ -13,9 +13,7 @@ use anyhow::Context;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
-use crate::budget::Budget;
 use crate::config::Settings;
-use crate::defender::DefenderClient;
 use crate::simulator::{self, FieldCase, SimulatorOptions};
 use crate::store::{Store, describe};
 use crate::sync::{CycleOptions, Syncer, Targets};
@@ -51,14 +49,7 @@ pub async fn run() -> anyhow::Result<()> {
     let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
     store.migrate().await?;
     store.set_stale_after(settings.stale.after).await?;
-    let budget = Budget::new(store.clone(), &settings.rate_limit.windows, settings.rate_limit.max_in_flight);
-    let client = DefenderClient::new(&settings.defender, settings.defender.client_secret()?, budget)?;
-    let syncer = Syncer {
-        store: store.clone(),
-        client,
-        mode: settings.defender.fetch_mode,
-        max_in_flight: settings.rate_limit.max_in_flight,
-    };
+    let syncer = Syncer::from_settings(&settings, store.clone())?;
     let targets = Targets { ids: settings.agents.ids.clone(), track_all: false };
 
     for cycle in 1..=CYCLES {
@@ -142,7 +133,8 @@ fn demo_settings(sim: &simulator::SimulatorHandle, database_url: &str) -> anyhow
         ids = ids.join(", "),
     );
     let path = std::env::temp_dir().join(format!("scan-agent-sync-demo-{}.toml", std::process::id()));
-    std::fs::write(&path, toml).with_context(|| format!("writing the demo configuration {}", path.display()))?;
+    std::fs::write(&path, toml)
+        .with_context(|| format!("writing the demo configuration {}", path.display()))?;
     let env = HashMap::from([
         ("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET".to_owned(), options.client_secret.clone()),
         ("SCAN_AGENT_SYNC__DATABASE__URL".to_owned(), database_url.to_owned()),
@@ -161,7 +153,9 @@ async fn summarize(store: &Store, sim: &simulator::SimulatorHandle) -> anyhow::R
     )
     .fetch_one(pool)
     .await?;
-    println!("\nAfter {runs} cycles: {agents} agents, {versions} version rows, {seen} distinct lastSeen values");
+    println!(
+        "\nAfter {runs} cycles: {agents} agents, {versions} version rows, {seen} distinct lastSeen values"
+    );
     let upgrades: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT v.agent_id, p.scanner_software_version, v.scanner_software_version
          FROM scan_agent_versions v

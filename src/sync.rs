@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::AgentRecord;
 use crate::agent_id::AgentId;
-use crate::budget::BudgetError;
-use crate::config::FetchMode;
+use crate::budget::{Budget, BudgetError};
+use crate::config::{FetchMode, Settings};
 use crate::defender::{ApiError, DefenderClient};
 use crate::diff::Diff;
 use crate::store::runs::{RunRecord, RunStatus};
@@ -95,10 +95,28 @@ struct Fetched {
 }
 
 impl Syncer {
+    /// The cycle machinery for `settings`: budget, client (reading the client secret) and
+    /// fetch mode.
+    pub fn from_settings(settings: &Settings, store: Store) -> anyhow::Result<Syncer> {
+        let budget =
+            Budget::new(store.clone(), &settings.rate_limit.windows, settings.rate_limit.max_in_flight);
+        let client = DefenderClient::new(&settings.defender, settings.defender.client_secret()?, budget)?;
+        Ok(Syncer {
+            store,
+            client,
+            mode: settings.defender.fetch_mode,
+            max_in_flight: settings.rate_limit.max_in_flight,
+        })
+    }
+
     /// Runs one cycle. Fetch failures end up in the report (and the run row); only a database
     /// failure is an error.
     #[tracing::instrument(skip_all, fields(dry_run = options.dry_run))]
-    pub async fn run_cycle(&self, targets: &Targets, options: &CycleOptions) -> Result<CycleReport, SyncError> {
+    pub async fn run_cycle(
+        &self,
+        targets: &Targets,
+        options: &CycleOptions,
+    ) -> Result<CycleReport, SyncError> {
         let started = Instant::now();
         let counters_before = self.client.counters();
         let mode = self.resolve_mode(targets).await?;
@@ -154,7 +172,8 @@ impl Syncer {
         };
         report.status = if options.cancel.is_cancelled() {
             RunStatus::Interrupted
-        } else if apply_error.is_some() || (fetched_count + missing_count == 0 && !report.failures.is_empty()) {
+        } else if apply_error.is_some() || (fetched_count + missing_count == 0 && !report.failures.is_empty())
+        {
             RunStatus::Failed
         } else if !report.failures.is_empty() || !fetched.complete {
             RunStatus::Partial
@@ -282,7 +301,8 @@ impl Syncer {
                 expected.extend(self.store.stored_ids().await?);
             }
             let mut seen = HashSet::new();
-            missing = expected.into_iter().filter(|id| !returned.contains(id) && seen.insert(id.clone())).collect();
+            missing =
+                expected.into_iter().filter(|id| !returned.contains(id) && seen.insert(id.clone())).collect();
         }
         Ok(Fetched {
             records,
@@ -343,7 +363,13 @@ impl fmt::Display for CycleReport {
             writeln!(f, "dry run: nothing was written (the {} API calls are in the ledger)", self.api_calls)?;
         }
         let run = self.run_id.map(|id| format!(" run {id}")).unwrap_or_default();
-        writeln!(f, "sync{run} ({}): {} in {:.1}s", mode_name(self.mode), self.status, self.elapsed.as_secs_f64())?;
+        writeln!(
+            f,
+            "sync{run} ({}): {} in {:.1}s",
+            mode_name(self.mode),
+            self.status,
+            self.elapsed.as_secs_f64()
+        )?;
         writeln!(
             f,
             "  agents: {} requested, {} fetched, {} missing, {} failed, {} deferred to the next cycle",

@@ -105,6 +105,18 @@ impl ApiError {
         }
     }
 
+    /// True when every further request of the cycle would fail the same way (no permission,
+    /// credentials refused, a wrong API host, the database gone), so the cycle stops early
+    /// instead of spending the budget on certain failures.
+    pub fn stops_cycle(&self) -> bool {
+        match self {
+            ApiError::Forbidden { .. } | ApiError::Unauthorized { .. } | ApiError::NotFound { .. } => true,
+            ApiError::Token { kind, .. } => !kind.is_transient(),
+            ApiError::Budget(BudgetError::Store(_)) | ApiError::Store(_) => true,
+            _ => false,
+        }
+    }
+
     /// True for a 429: the budget already enforces the pause, so no backoff is added.
     pub fn is_throttled(&self) -> bool {
         matches!(self, ApiError::Status { status: 429, .. })

@@ -144,6 +144,13 @@ pub(crate) async fn select_one<'e>(
     sqlx::query("SELECT 1").execute(executor).await.during(what).map(drop)
 }
 
+/// A duration PostgreSQL's `interval` can hold: it keeps microseconds and sqlx refuses to
+/// drop the rest silently. Rounded up, so a budget span never shrinks.
+pub(crate) fn interval(duration: Duration) -> Duration {
+    let micros = duration.as_nanos().div_ceil(1000);
+    Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+}
+
 /// `host:port/database` for messages: enough to spot a wrong target, nothing secret.
 pub fn describe(options: &PgConnectOptions) -> String {
     format!(

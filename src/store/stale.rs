@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{QueryContext, Store, StoreError};
+use super::{QueryContext, Store, StoreError, interval};
 
 /// One row of `stale_scan_agents`.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
@@ -25,7 +25,7 @@ impl Store {
             "INSERT INTO service_settings (name, value) VALUES ('stale_after', $1::interval::text)
              ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
         )
-        .bind(after)
+        .bind(interval(after))
         .execute(&self.pool)
         .await
         .during("storing stale.after")?;
