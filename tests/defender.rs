@@ -350,6 +350,31 @@ async fn paging_gets_every_agent_once() {
 }
 
 #[tokio::test]
+async fn a_flaky_service_still_yields_every_agent() {
+    let options = SimulatorOptions {
+        agents: 12,
+        page_size: 4,
+        error_rate: 0.15,
+        malformed_rate: 0.1,
+        reset_rate: 0.05,
+        ..sim_options()
+    };
+    let sim = simulator::start(options).await.unwrap();
+    let mut settings = settings(&sim.base_url(), &sim.token_url());
+    settings.max_retries = 6;
+    let client = client(&settings, SIM_SECRET, roomy_budget().await);
+    let outcome = client.list_agents(None).await;
+    assert!(outcome.complete, "{:?}", outcome.error);
+    assert_eq!(outcome.records.len(), 12);
+    for agent_id in sim.agent_ids() {
+        assert!(client.get_agent(&id(&agent_id), None).await.unwrap().is_some());
+    }
+    let stats = sim.stats();
+    assert!(stats.api_requests > 15, "faults were met and retried: {stats:?}");
+    assert_eq!(client.counters().requests, stats.api_requests);
+}
+
+#[tokio::test]
 async fn unusable_records_are_set_aside_and_the_rest_kept() {
     let server = mock_server().await;
     let page = json!({
@@ -478,11 +503,11 @@ async fn token_refusals_name_the_setting_and_are_not_hammered() {
         let error = client.check_token().await.unwrap_err();
         assert!(matches!(&error, ApiError::Token { kind: k, .. } if *k == kind), "{error}");
         assert!(error.to_string().contains(setting), "{error}");
-        let error = client.get_agent(&id("a1"), None).await.unwrap_err();
-        assert!(matches!(error, ApiError::Token { .. }), "{error}");
+        let again = client.get_agent(&id("a1"), None).await.unwrap_err();
+        assert_eq!(again.to_string(), error.to_string(), "the refusal is remembered");
     }
     let stats = sim.stats();
-    assert_eq!(stats.token_requests, 6, "one request per attempt, no retries");
+    assert_eq!(stats.token_requests, 3, "one request per client: no retries, the refusal remembered");
     assert_eq!(stats.api_requests, 0, "no API call without a token");
 }
 

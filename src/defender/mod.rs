@@ -98,7 +98,9 @@ impl Endpoint {
 /// API requests sent and 429s received since the client was created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CallCounters {
+    /// Requests sent to the agent endpoints, retries included (not token requests).
     pub requests: u64,
+    /// Of those, answered 429.
     pub throttled: u64,
 }
 
