@@ -486,6 +486,45 @@ async fn oversized_bodies_are_refused_not_buffered() {
     assert_eq!(received(&server).await.0, 1, "not retried");
 }
 
+/// A server that answers token POSTs properly and every GET with an endless chunked body,
+/// which carries no Content-Length to refuse it by.
+async fn endless_body_server() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let n = stream.read(&mut head).await.unwrap_or(0);
+                if head[..n].starts_with(b"POST") {
+                    let body = json!({"access_token": WIREMOCK_TOKEN, "expires_in": 3599}).to_string();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    return;
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await;
+                let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+                while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    base
+}
+
+#[tokio::test]
+async fn an_endless_body_without_length_is_cut_off_at_the_cap() {
+    let base = endless_body_server().await;
+    let client = client(&settings(&base, &format!("{base}{TOKEN_PATH}")), SIM_SECRET, roomy_budget().await);
+    let error = client.get_agent(&id("a1"), None).await.unwrap_err();
+    assert!(matches!(error, ApiError::BodyTooLarge { limit } if limit == 1024 * 1024), "{error}");
+    assert_eq!(client.counters().requests, 1);
+}
+
 #[tokio::test]
 async fn token_refusals_name_the_setting_and_are_not_hammered() {
     let sim = simulator::start(sim_options()).await.unwrap();
