@@ -350,6 +350,31 @@ async fn paging_gets_every_agent_once() {
 }
 
 #[tokio::test]
+async fn a_flaky_service_still_yields_every_agent() {
+    let options = SimulatorOptions {
+        agents: 12,
+        page_size: 4,
+        error_rate: 0.15,
+        malformed_rate: 0.1,
+        reset_rate: 0.05,
+        ..sim_options()
+    };
+    let sim = simulator::start(options).await.unwrap();
+    let mut settings = settings(&sim.base_url(), &sim.token_url());
+    settings.max_retries = 6;
+    let client = client(&settings, SIM_SECRET, roomy_budget().await);
+    let outcome = client.list_agents(None).await;
+    assert!(outcome.complete, "{:?}", outcome.error);
+    assert_eq!(outcome.records.len(), 12);
+    for agent_id in sim.agent_ids() {
+        assert!(client.get_agent(&id(&agent_id), None).await.unwrap().is_some());
+    }
+    let stats = sim.stats();
+    assert!(stats.api_requests > 15, "faults were met and retried: {stats:?}");
+    assert_eq!(client.counters().requests, stats.api_requests);
+}
+
+#[tokio::test]
 async fn unusable_records_are_set_aside_and_the_rest_kept() {
     let server = mock_server().await;
     let page = json!({
@@ -461,6 +486,45 @@ async fn oversized_bodies_are_refused_not_buffered() {
     assert_eq!(received(&server).await.0, 1, "not retried");
 }
 
+/// A server that answers token POSTs properly and every GET with an endless chunked body,
+/// which carries no Content-Length to refuse it by.
+async fn endless_body_server() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let n = stream.read(&mut head).await.unwrap_or(0);
+                if head[..n].starts_with(b"POST") {
+                    let body = json!({"access_token": WIREMOCK_TOKEN, "expires_in": 3599}).to_string();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    return;
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await;
+                let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+                while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    base
+}
+
+#[tokio::test]
+async fn an_endless_body_without_length_is_cut_off_at_the_cap() {
+    let base = endless_body_server().await;
+    let client = client(&settings(&base, &format!("{base}{TOKEN_PATH}")), SIM_SECRET, roomy_budget().await);
+    let error = client.get_agent(&id("a1"), None).await.unwrap_err();
+    assert!(matches!(error, ApiError::BodyTooLarge { limit } if limit == 1024 * 1024), "{error}");
+    assert_eq!(client.counters().requests, 1);
+}
+
 #[tokio::test]
 async fn token_refusals_name_the_setting_and_are_not_hammered() {
     let sim = simulator::start(sim_options()).await.unwrap();
@@ -478,11 +542,11 @@ async fn token_refusals_name_the_setting_and_are_not_hammered() {
         let error = client.check_token().await.unwrap_err();
         assert!(matches!(&error, ApiError::Token { kind: k, .. } if *k == kind), "{error}");
         assert!(error.to_string().contains(setting), "{error}");
-        let error = client.get_agent(&id("a1"), None).await.unwrap_err();
-        assert!(matches!(error, ApiError::Token { .. }), "{error}");
+        let again = client.get_agent(&id("a1"), None).await.unwrap_err();
+        assert_eq!(again.to_string(), error.to_string(), "the refusal is remembered");
     }
     let stats = sim.stats();
-    assert_eq!(stats.token_requests, 6, "one request per attempt, no retries");
+    assert_eq!(stats.token_requests, 3, "one request per client: no retries, the refusal remembered");
     assert_eq!(stats.api_requests, 0, "no API call without a token");
 }
 

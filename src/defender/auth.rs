@@ -41,45 +41,93 @@ pub(super) struct TokenSource {
 #[derive(Debug)]
 pub(super) struct TokenCache {
     source: TokenSource,
-    cached: Mutex<Option<CachedToken>>,
+    state: Mutex<State>,
 }
 
-#[derive(Debug)]
-struct CachedToken {
-    token: SecretString,
-    renew_at: Instant,
+/// What the cache holds.
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Empty,
+    Valid {
+        token: SecretString,
+        renew_at: Instant,
+    },
+    /// A refusal that would only repeat (wrong secret, unknown tenant or client), remembered
+    /// so a cycle of a thousand by-ID calls asks Entra ID once a minute, not a thousand times.
+    Refused {
+        error: RefusedToken,
+        until: Instant,
+    },
+}
+
+/// How long a refusal is answered from the cache. The credentials cannot change under a
+/// running client, but an administrator may fix the app registration meanwhile.
+const REFUSAL_HOLD: Duration = Duration::from_secs(60);
+
+/// The parts of a permanent [`ApiError::Token`], kept to answer again.
+#[derive(Debug, Clone)]
+struct RefusedToken {
+    kind: TokenFailure,
+    url: String,
+    detail: String,
+}
+
+impl From<RefusedToken> for ApiError {
+    fn from(RefusedToken { kind, url, detail }: RefusedToken) -> Self {
+        ApiError::Token { kind, url, detail }
+    }
 }
 
 impl TokenCache {
     pub fn new(source: TokenSource) -> Self {
-        Self { source, cached: Mutex::new(None) }
+        Self { source, state: Mutex::new(State::Empty) }
     }
 
     /// A token that is not due for renewal, fetching one if needed.
     pub async fn token(&self, http: &reqwest::Client, retry: &RetryPolicy) -> Result<SecretString, ApiError> {
-        let mut cached = self.cached.lock().await;
-        if let Some(current) = cached.as_ref().filter(|c| Instant::now() < c.renew_at) {
-            return Ok(current.token.clone());
+        let mut state = self.state.lock().await;
+        let now = Instant::now();
+        match &*state {
+            State::Valid { token, renew_at } if now < *renew_at => return Ok(token.clone()),
+            State::Refused { error, until } if now < *until => return Err(error.clone().into()),
+            _ => {}
         }
-        let fetched = self.fetch(http, retry).await?;
-        let token = fetched.token.clone();
-        *cached = Some(fetched);
-        Ok(token)
+        match self.fetch(http, retry).await {
+            Ok((token, renew_at)) => {
+                *state = State::Valid { token: token.clone(), renew_at };
+                Ok(token)
+            }
+            Err(ApiError::Token { kind, url, detail }) if !kind.is_transient() => {
+                let error = RefusedToken { kind, url, detail };
+                *state = State::Refused { error: error.clone(), until: Instant::now() + REFUSAL_HOLD };
+                Err(error.into())
+            }
+            Err(error) => {
+                *state = State::Empty;
+                Err(error)
+            }
+        }
     }
 
     /// Forgets `rejected` after the API refused it, unless another caller already replaced it
     /// (then the newer token stays, and no second renewal happens).
     pub async fn forget(&self, rejected: &SecretString) {
-        let mut cached = self.cached.lock().await;
-        if cached.as_ref().is_some_and(|c| c.token.expose_secret() == rejected.expose_secret()) {
-            *cached = None;
+        let mut state = self.state.lock().await;
+        if matches!(&*state, State::Valid { token, .. } if token.expose_secret() == rejected.expose_secret())
+        {
+            *state = State::Empty;
         }
     }
 
     /// Requests a token, retrying only while the endpoint is unavailable: a refusal (wrong
     /// secret, unknown tenant or client) would be refused again, so it fails at once.
     #[tracing::instrument(skip_all, fields(token_url = %self.source.token_url))]
-    async fn fetch(&self, http: &reqwest::Client, retry: &RetryPolicy) -> Result<CachedToken, ApiError> {
+    async fn fetch(
+        &self,
+        http: &reqwest::Client,
+        retry: &RetryPolicy,
+    ) -> Result<(SecretString, Instant), ApiError> {
         let mut delays = retry.delays();
         loop {
             let error = match self.request(http, retry.timeout).await {
@@ -99,7 +147,12 @@ impl TokenCache {
         }
     }
 
-    async fn request(&self, http: &reqwest::Client, timeout: Duration) -> Result<CachedToken, ApiError> {
+    /// One token request: the token and when to renew it.
+    async fn request(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<(SecretString, Instant), ApiError> {
         let source = &self.source;
         let failure = |kind, detail: String| ApiError::Token { kind, url: source.token_url.clone(), detail };
         let unavailable = |e: &reqwest::Error| {
@@ -129,11 +182,10 @@ impl TokenCache {
         let token = json["access_token"].as_str().filter(|t| !t.is_empty());
         let lifetime = expires_in(&json["expires_in"]);
         match (token, lifetime) {
-            (Some(token), Some(lifetime)) => Ok(CachedToken {
-                token: SecretString::from(token),
-                // From the send time: the token's clock started no later than that.
-                renew_at: sent_at + lifetime - renewal_margin(lifetime),
-            }),
+            // Timed from the send: the token's clock started no earlier than that.
+            (Some(token), Some(lifetime)) => {
+                Ok((SecretString::from(token), sent_at + lifetime - renewal_margin(lifetime)))
+            }
             _ => Err(failure(
                 TokenFailure::Malformed,
                 format!("HTTP {status} without `access_token` and `expires_in`"),

@@ -187,6 +187,7 @@ pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
 pub struct ErrorDetail {
     /// `TooManyRequests`, `InvalidInput`, ... (or a number such as `"429"`).
     pub code: Option<String>,
+    /// Free text from the service.
     pub message: Option<String>,
     /// A correlation id: quote it when asking Microsoft about a failure.
     pub target: Option<String>,

@@ -98,7 +98,9 @@ impl Endpoint {
 /// API requests sent and 429s received since the client was created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CallCounters {
+    /// Requests sent to the agent endpoints, retries included (not token requests).
     pub requests: u64,
+    /// Of those, answered 429.
     pub throttled: u64,
 }
 
@@ -113,7 +115,8 @@ struct AtomicCounters {
 pub struct ListOutcome {
     /// Usable agents, each ID once (a later page wins, as the fresher answer).
     pub records: Vec<AgentRecord>,
-    /// Records that could not be parsed; their agents are neither present nor missing.
+    /// Records that could not be parsed. Most name their agent (`MissingField`, `BadField`):
+    /// such an agent was listed, so it must not be marked missing for want of a usable record.
     pub bad_records: Vec<RecordError>,
     /// Pages fetched successfully.
     pub pages: u32,
