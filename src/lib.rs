@@ -3,9 +3,11 @@
 
 pub mod agent;
 pub mod agent_id;
+pub mod alerts;
 pub mod budget;
 pub mod config;
 pub mod diff;
 pub mod rate_window;
+pub mod report;
 pub mod simulator;
 pub mod store;

@@ -1,14 +1,18 @@
 //! Everything the service reads from and writes to PostgreSQL.
 //!
 //! Each submodule owns one table group: `apply` the agent tables (the diff engine),
-//! `ledger` the rate-budget ledger, `runs` the sync-run records. SQL stays next to the code
-//! that uses it.
+//! `ledger` the rate-budget ledger, `runs` the sync-run records, `alerts` the stale episodes
+//! and their outbox, `history` the read side of one agent's history. SQL stays next to the
+//! code that uses it.
 //!
 //! Advisory locks used (all transaction-scoped unless noted), in one place so keys never clash:
 //! - [`APPLY_LOCK`]: serializes batch application, so concurrent appliers behave as if in sequence.
 //! - `ledger::LEDGER_LOCK`: serializes budget slot grants across processes.
+//! - `alerts::ALERT_LOCK`: serializes staleness evaluations, so no episode fires twice.
 
+pub mod alerts;
 pub mod apply;
+pub mod history;
 pub mod ledger;
 pub mod runs;
 pub mod stale;
