@@ -42,10 +42,15 @@ CREATE INDEX alert_outbox_agent_pending_idx ON alert_outbox (agent_id, event_id)
 CREATE INDEX alert_outbox_episode_idx ON alert_outbox (episode_id);
 
 -- The version that a version replaced is the one of the same agent closed at the instant it
--- opened (the diff engine closes and opens with one timestamp); these indexes make that join
--- and "closed between" ranges index lookups.
+-- opened (the diff engine closes and opens with one timestamp): (agent_id, valid_to) makes
+-- that lookup an index probe. The covering indexes on valid_from and valid_to let
+-- scan_agent_versions_per_day count versions opened and closed in a period from the
+-- indexes alone (index-only scans), without visiting the table.
 CREATE INDEX scan_agent_versions_agent_to_idx ON scan_agent_versions (agent_id, valid_to);
-CREATE INDEX scan_agent_versions_valid_to_idx ON scan_agent_versions (valid_to) WHERE valid_to IS NOT NULL;
+CREATE INDEX scan_agent_versions_valid_to_idx ON scan_agent_versions (valid_to)
+    INCLUDE (valid_from, scanner_software_version) WHERE valid_to IS NOT NULL;
+CREATE INDEX scan_agent_versions_from_cover_idx ON scan_agent_versions (valid_from)
+    INCLUDE (scanner_software_version);
 
 -- How many agents run each scanner version now.
 CREATE VIEW scan_agent_version_distribution AS
@@ -60,7 +65,8 @@ GROUP BY scanner_software_version;
 
 -- Every change of a descriptive attribute: one row per changed attribute, with the value
 -- before and after and the instant the service recorded it. A filter on agent_id or
--- changed_at becomes an index range on scan_agent_versions.
+-- changed_at becomes an index range on scan_agent_versions, and each predecessor one index
+-- probe (the LATERAL ... LIMIT 1 keeps the planner from joining the whole table).
 CREATE VIEW scan_agent_version_changes AS
 SELECT v.agent_id,
        c.field,
@@ -69,7 +75,11 @@ SELECT v.agent_id,
        v.valid_from AS changed_at,
        v.version_id
 FROM scan_agent_versions v
-JOIN scan_agent_versions p ON p.agent_id = v.agent_id AND p.valid_to = v.valid_from
+CROSS JOIN LATERAL (
+    SELECT p.* FROM scan_agent_versions p
+    WHERE p.agent_id = v.agent_id AND p.valid_to = v.valid_from
+    LIMIT 1
+) p
 CROSS JOIN LATERAL (VALUES
     ('scanner_software_version', p.scanner_software_version, v.scanner_software_version),
     ('mde_client_version', p.mde_client_version, v.mde_client_version),
@@ -83,34 +93,37 @@ WHERE c.old_value IS DISTINCT FROM c.new_value;
 -- session time zone). Rather than testing every version against every day, it counts the
 -- versions valid at the end of first_day (current versions plus those closed since, both
 -- index scans) and then adds the versions opened and subtracts those closed on each later
--- day (index ranges on valid_from and valid_to): the cost follows the fleet size plus the
--- changes in the period, not the length of the whole history.
+-- day (index-only ranges on valid_from and valid_to): the cost follows the fleet size plus
+-- the version changes in the period, not the length of the whole history.
 CREATE FUNCTION scan_agent_versions_per_day(first_day date, last_day date)
 RETURNS TABLE (day date, scanner_software_version text, agents bigint)
 LANGUAGE sql STABLE
+-- JIT compilation took longer than the query itself in measurements.
+SET jit = off
 AS $$
-    WITH bounds AS (
-        SELECT (first_day + 1)::timestamptz AS first_end, (last_day + 1)::timestamptz AS last_end
-    ),
-    census AS (
-        SELECT v.scanner_software_version, count(*) AS delta
+    WITH census AS (
+        SELECT c.scanner_software_version, sum(c.n) AS delta
         FROM (
-            SELECT s.scanner_software_version FROM scan_agent_versions s, bounds b
-            WHERE s.valid_to IS NULL AND s.valid_from < b.first_end
+            SELECT s.scanner_software_version, count(*) AS n FROM scan_agent_versions s
+            WHERE s.valid_to IS NULL AND s.valid_from < (first_day + 1)::timestamptz
+            GROUP BY 1
             UNION ALL
-            SELECT s.scanner_software_version FROM scan_agent_versions s, bounds b
-            WHERE s.valid_to >= b.first_end AND s.valid_from < b.first_end
-        ) v
-        GROUP BY v.scanner_software_version
+            SELECT s.scanner_software_version, count(*) FROM scan_agent_versions s
+            WHERE s.valid_to >= (first_day + 1)::timestamptz AND s.valid_from < (first_day + 1)::timestamptz
+            GROUP BY 1
+        ) c
+        GROUP BY 1
     ),
     events AS (
-        SELECT s.valid_from::date AS day, s.scanner_software_version, 1 AS delta
-        FROM scan_agent_versions s, bounds b
-        WHERE s.valid_from >= b.first_end AND s.valid_from < b.last_end
+        SELECT s.valid_from::date AS day, s.scanner_software_version, count(*) AS delta
+        FROM scan_agent_versions s
+        WHERE s.valid_from >= (first_day + 1)::timestamptz AND s.valid_from < (last_day + 1)::timestamptz
+        GROUP BY 1, 2
         UNION ALL
-        SELECT s.valid_to::date, s.scanner_software_version, -1
-        FROM scan_agent_versions s, bounds b
-        WHERE s.valid_to >= b.first_end AND s.valid_to < b.last_end
+        SELECT s.valid_to::date, s.scanner_software_version, -count(*)
+        FROM scan_agent_versions s
+        WHERE s.valid_to >= (first_day + 1)::timestamptz AND s.valid_to < (last_day + 1)::timestamptz
+        GROUP BY 1, 2
     ),
     per_day AS (
         SELECT first_day AS day, c.scanner_software_version, c.delta FROM census c
@@ -134,6 +147,7 @@ AS $$
     ORDER BY r.day, r.scanner_software_version
 $$;
 
--- The last 90 days of scan_agent_versions_per_day, for BI tools that only browse views.
+-- The last 30 days of scan_agent_versions_per_day, for BI tools that only browse views;
+-- longer periods through the function.
 CREATE VIEW scan_agent_versions_daily AS
-SELECT * FROM scan_agent_versions_per_day(current_date - 89, current_date);
+SELECT * FROM scan_agent_versions_per_day(current_date - 29, current_date);
