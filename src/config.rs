@@ -25,7 +25,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use self::agents::AgentsSettings;
 pub use self::defender::{Cloud, DefenderSettings, FetchMode};
 pub use self::error::{ConfigError, ConfigProblem};
-use self::url::{check_http_url, redact_url};
+use self::url::check_http_url;
+pub(crate) use self::url::redact_url;
 use crate::rate_window::RateWindow;
 
 /// Prefix of the environment variables that override keys; `__` separates section and key.

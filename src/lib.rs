@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod agent_id;
+pub mod alerts;
 pub mod budget;
 pub mod cli;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod leader;
 pub mod metrics;
 pub mod notify;
 pub mod rate_window;
+pub mod report;
 pub mod scheduler;
 pub mod shutdown;
 pub mod simulator;

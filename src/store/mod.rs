@@ -1,16 +1,20 @@
 //! Everything the service reads from and writes to PostgreSQL.
 //!
 //! Each submodule owns one table group: `apply` the agent tables (the diff engine),
-//! `ledger` the rate-budget ledger, `runs` the sync-run records. SQL stays next to the code
-//! that uses it.
+//! `ledger` the rate-budget ledger, `runs` the sync-run records, `alerts` the stale episodes
+//! and their outbox, `history` the read side of one agent's history. SQL stays next to the
+//! code that uses it.
 //!
 //! Advisory locks used (all transaction-scoped unless noted), in one place so keys never clash:
 //! - [`APPLY_LOCK`]: serializes batch application, so concurrent appliers behave as if in sequence.
 //! - `ledger::LEDGER_LOCK`: serializes budget slot grants across processes.
 //! - `leader_lock::LEADER_LOCK` (session-scoped, on a dedicated connection): held by the one
 //!   active `run` instance among several sharing the database.
+//! - `alerts::ALERT_LOCK`: serializes staleness evaluations, so no episode fires twice.
 
+pub mod alerts;
 pub mod apply;
+pub mod history;
 pub mod leader_lock;
 pub mod ledger;
 pub mod runs;
@@ -164,4 +168,18 @@ pub fn describe(options: &PgConnectOptions) -> String {
 /// Removes the URL itself from a parser message, since it may carry a password.
 fn redact_error(message: &str, url: &SecretString) -> String {
     message.replace(url.expose_secret(), "[database.url]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Session and transaction advisory locks share one key space: a clash would make, say,
+    /// the leader's session lock block every alert evaluation forever.
+    #[test]
+    fn advisory_lock_keys_are_distinct() {
+        let keys = [APPLY_LOCK, ledger::LEDGER_LOCK, leader_lock::LEADER_LOCK, alerts::ALERT_LOCK];
+        let distinct: HashSet<i64> = keys.into_iter().collect();
+        assert_eq!(distinct.len(), keys.len());
+    }
 }

@@ -1,0 +1,245 @@
+//! `stale_episodes` and `alert_outbox`: the alert lifecycle and the notifications it owes.
+//!
+//! The state change (an episode opened, repeated or resolved) and the notification it owes
+//! are written by one statement in one transaction, so they commit or vanish together: a
+//! crash can delay a notification but never lose one or fire an episode twice.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{Postgres, Transaction};
+
+use super::{QueryContext, Store, StoreError};
+use crate::alerts::AlertEvent;
+
+/// Advisory lock key that serializes [`Store::record_staleness`]: two instances (or a timer
+/// tick racing a post-cycle call) evaluate one after the other, so the second sees the
+/// first's episodes and fires nothing again.
+pub const ALERT_LOCK: i64 = 0x5CA5_0004;
+
+/// What one staleness evaluation changed and saw; the counts feed the agent metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Evaluation {
+    /// Episodes opened (first firing notifications queued).
+    pub fired: u64,
+    /// Episodes closed (resolve notifications queued).
+    pub resolved: u64,
+    /// Repeat firing notifications queued for episodes still open.
+    pub repeated: u64,
+    /// Agents stale now, missing ones included.
+    pub stale_now: u64,
+    /// Agents marked missing now.
+    pub missing_now: u64,
+    /// Agents in `scan_agents`.
+    pub tracked: u64,
+}
+
+/// One undelivered notification, taken from the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    pub event_id: i64,
+    pub episode_id: i64,
+    /// Earlier failed attempts; 0 the first time the event is taken.
+    pub attempts: i32,
+    pub event: AlertEvent,
+}
+
+/// An outbox event held under a row lock until it is marked delivered or rescheduled.
+/// Dropping it unmarked (a crash, a cancelled task) releases it untouched for the next try.
+pub struct ClaimedEvent {
+    tx: Transaction<'static, Postgres>,
+    pub event: OutboxEvent,
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    event_id: i64,
+    episode_id: i64,
+    attempts: i32,
+    payload: Json<AlertEvent>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Counts {
+    fired: i64,
+    resolved: i64,
+    repeated: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct Census {
+    tracked: i64,
+    stale_now: i64,
+    missing_now: i64,
+}
+
+fn unsigned(n: i64) -> u64 {
+    n.try_into().unwrap_or_default()
+}
+
+impl Store {
+    /// Brings the episodes in line with the agents' state at `now` and queues the
+    /// notifications that owes: resolves for fresh agents, repeats for episodes last
+    /// notified `repeat_interval` ago or more (zero: never; and not while an earlier
+    /// notification of the episode is still undelivered, so an outage does not pile them
+    /// up), and a first firing for stale agents without an open episode.
+    #[tracing::instrument(skip(self))]
+    pub async fn record_staleness(
+        &self,
+        now: DateTime<Utc>,
+        stale_after: Duration,
+        repeat_interval: Duration,
+    ) -> Result<Evaluation, StoreError> {
+        let mut tx = self.pool.begin().await.during("starting the staleness transaction")?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(ALERT_LOCK)
+            .execute(&mut *tx)
+            .await
+            .during("waiting for the alert lock")?;
+        // One statement, so its CTEs share one snapshot: an agent is either fresh (resolve)
+        // or stale (repeat, open), never both; the payload is built in one place.
+        let counts: Counts = sqlx::query_as(
+            "WITH status AS (
+                 SELECT agent_id, computer_dns_name, last_seen, missing_since,
+                        (missing_since IS NOT NULL OR last_seen < $1 - $2::interval) AS stale
+                 FROM scan_agents
+             ),
+             resolved AS (
+                 UPDATE stale_episodes e SET resolved_at = greatest($1, e.started_at)
+                 FROM status s
+                 WHERE s.agent_id = e.agent_id AND e.resolved_at IS NULL AND NOT s.stale
+                 RETURNING e.episode_id, e.agent_id, 'resolved'::text AS kind, e.started_at,
+                           e.stale_since, e.resolved_at, false AS repeat
+             ),
+             repeated AS (
+                 UPDATE stale_episodes e SET last_notified_at = $1
+                 FROM status s
+                 WHERE $3::interval > interval '0' AND s.agent_id = e.agent_id AND s.stale
+                   AND e.resolved_at IS NULL AND e.last_notified_at <= $1 - $3::interval
+                   AND NOT EXISTS (SELECT 1 FROM alert_outbox o
+                                   WHERE o.episode_id = e.episode_id AND o.delivered_at IS NULL)
+                 RETURNING e.episode_id, e.agent_id, 'firing'::text, e.started_at,
+                           e.stale_since, e.resolved_at, true
+             ),
+             opened AS (
+                 INSERT INTO stale_episodes (agent_id, started_at, stale_since, last_notified_at)
+                 SELECT s.agent_id, $1, least(s.last_seen + $2::interval, s.missing_since), $1
+                 FROM status s
+                 WHERE s.stale AND NOT EXISTS (SELECT 1 FROM stale_episodes e
+                                               WHERE e.agent_id = s.agent_id AND e.resolved_at IS NULL)
+                 RETURNING episode_id, agent_id, 'firing'::text, started_at, stale_since,
+                           resolved_at, false
+             ),
+             events AS (
+                 SELECT * FROM resolved UNION ALL SELECT * FROM repeated UNION ALL SELECT * FROM opened
+             ),
+             queued AS (
+                 INSERT INTO alert_outbox (episode_id, agent_id, kind, payload, created_at, next_attempt_at)
+                 SELECT ev.episode_id, ev.agent_id, ev.kind,
+                        jsonb_build_object(
+                            'status', ev.kind, 'agent_id', ev.agent_id,
+                            'computer_dns_name', s.computer_dns_name, 'last_seen', s.last_seen,
+                            'missing_since', s.missing_since, 'stale_since', ev.stale_since,
+                            'fired_at', ev.started_at, 'resolved_at', ev.resolved_at,
+                            'repeat', ev.repeat),
+                        $1, $1
+                 FROM events ev JOIN status s USING (agent_id)
+                 ORDER BY ev.agent_id
+                 RETURNING kind, (payload ->> 'repeat')::bool AS repeat
+             )
+             SELECT count(*) FILTER (WHERE kind = 'firing' AND NOT repeat) AS fired,
+                    count(*) FILTER (WHERE kind = 'resolved') AS resolved,
+                    count(*) FILTER (WHERE repeat) AS repeated
+             FROM queued",
+        )
+        .bind(now)
+        .bind(stale_after)
+        .bind(repeat_interval)
+        .fetch_one(&mut *tx)
+        .await
+        .during("recording stale episodes and queueing their alerts")?;
+        let census: Census = sqlx::query_as(
+            "SELECT count(*) AS tracked,
+                    count(*) FILTER (WHERE missing_since IS NOT NULL OR last_seen < $1 - $2::interval)
+                        AS stale_now,
+                    count(*) FILTER (WHERE missing_since IS NOT NULL) AS missing_now
+             FROM scan_agents",
+        )
+        .bind(now)
+        .bind(stale_after)
+        .fetch_one(&mut *tx)
+        .await
+        .during("counting stale agents")?;
+        tx.commit().await.during("committing stale episodes")?;
+        Ok(Evaluation {
+            fired: unsigned(counts.fired),
+            resolved: unsigned(counts.resolved),
+            repeated: unsigned(counts.repeated),
+            stale_now: unsigned(census.stale_now),
+            missing_now: unsigned(census.missing_now),
+            tracked: unsigned(census.tracked),
+        })
+    }
+
+    /// Takes the next notification due at `now`, locked against other senders (they skip
+    /// it). An agent's notifications go out in the order they were queued: an event waits
+    /// while an earlier one of the same agent is undelivered, so a receiver never sees a
+    /// resolve before its firing.
+    pub async fn claim_alert(&self, now: DateTime<Utc>) -> Result<Option<ClaimedEvent>, StoreError> {
+        let mut tx = self.pool.begin().await.during("starting an alert delivery transaction")?;
+        let row: Option<OutboxRow> = sqlx::query_as(
+            "SELECT o.event_id, o.episode_id, o.attempts, o.payload
+             FROM alert_outbox o
+             WHERE o.delivered_at IS NULL AND o.next_attempt_at <= $1
+               AND NOT EXISTS (SELECT 1 FROM alert_outbox p
+                               WHERE p.agent_id = o.agent_id AND p.delivered_at IS NULL
+                                 AND p.event_id < o.event_id)
+             ORDER BY o.next_attempt_at, o.event_id
+             LIMIT 1
+             FOR UPDATE OF o SKIP LOCKED",
+        )
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .during("taking a due alert from the outbox")?;
+        Ok(row.map(|row| ClaimedEvent {
+            tx,
+            event: OutboxEvent {
+                event_id: row.event_id,
+                episode_id: row.episode_id,
+                attempts: row.attempts,
+                event: row.payload.0,
+            },
+        }))
+    }
+}
+
+impl ClaimedEvent {
+    /// Marks the event delivered and commits at once, keeping the window in which a crash
+    /// could resend it as short as possible.
+    pub async fn delivered(mut self, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE alert_outbox SET delivered_at = $2, last_error = NULL WHERE event_id = $1")
+            .bind(self.event.event_id)
+            .bind(at)
+            .execute(&mut *self.tx)
+            .await
+            .during("marking an alert delivered")?;
+        self.tx.commit().await.during("committing an alert delivery")
+    }
+
+    /// Counts a failed attempt and schedules the next one.
+    pub async fn retry_at(mut self, next_attempt_at: DateTime<Utc>, error: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE alert_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3
+             WHERE event_id = $1",
+        )
+        .bind(self.event.event_id)
+        .bind(next_attempt_at)
+        .bind(error)
+        .execute(&mut *self.tx)
+        .await
+        .during("rescheduling an alert")?;
+        self.tx.commit().await.during("committing an alert retry")
+    }
+}
