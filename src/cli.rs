@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::agent_id::AgentId;
 use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
+use crate::report;
 use crate::shutdown::shutdown_signal;
 use crate::simulator::{self, SimulatorOptions};
 use crate::store::{Store, StoreError};
@@ -210,10 +211,12 @@ fn describe(error: &anyhow::Error) -> String {
     text
 }
 
-/// `run`: not built yet.
+/// `run`: the daemon, until SIGTERM or SIGINT.
 async fn run(globals: &Globals) -> Result<ExitCode, Failure> {
-    let _settings = globals.configure()?;
-    not_implemented("run")
+    let settings = globals.configure()?;
+    settings.defender.require_api_credentials()?;
+    crate::daemon::run(settings, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `sync [--dry-run]`: one cycle now, bounded like a scheduled one (no request starts
@@ -283,16 +286,41 @@ async fn check_config(globals: &Globals, args: CheckConfigArgs) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// `stale [--json]`: not built yet.
-async fn stale(globals: &Globals, _args: StaleArgs) -> Result<ExitCode, Failure> {
-    let _settings = globals.configure()?;
-    not_implemented("stale")
+/// `stale [--json]`: the agents stale now (read-only: needs no client secret).
+async fn stale(globals: &Globals, args: StaleArgs) -> Result<ExitCode, Failure> {
+    let settings = globals.configure()?;
+    let store = Store::connect(&settings.database.url, 1).await?;
+    let report = report::stale_report(&store).await?;
+    print_report(&report, args.json)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-/// `history AGENT_ID [--json]`: not built yet.
-async fn history(globals: &Globals, _args: HistoryArgs) -> Result<ExitCode, Failure> {
-    let _settings = globals.configure()?;
-    not_implemented("history")
+/// `history AGENT_ID [--json]`: versions and recent lastSeen values; exit 1 for an agent
+/// never stored.
+async fn history(globals: &Globals, args: HistoryArgs) -> Result<ExitCode, Failure> {
+    let settings = globals.configure()?;
+    let store = Store::connect(&settings.database.url, 1).await?;
+    match report::history_report(&store, args.agent_id.as_str()).await? {
+        Some(history) => {
+            print_report(&history, args.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("agent {} is not in the database (never fetched, or a typo)", args.agent_id);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Prints a report as a table, or as JSON with `--json`.
+fn print_report(report: &(impl std::fmt::Display + serde::Serialize), json: bool) -> Result<(), Failure> {
+    if json {
+        let text = serde_json::to_string_pretty(report).map_err(anyhow::Error::from)?;
+        println!("{text}");
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }
 
 /// `simulate`: serves the simulator until SIGINT or SIGTERM. It needs no configuration
@@ -305,15 +333,10 @@ async fn simulate(globals: &Globals, options: SimulatorOptions) -> Result<ExitCo
 
 /// `demo`: the product against the in-process simulator; needs no configuration file.
 async fn demo(globals: &Globals) -> Result<ExitCode, Failure> {
-    globals.configure_without_file()?;
+    // The demo prints its own story; the service's info lines would drown it (-v shows them).
+    globals.init_telemetry(&LogSettings { level: "warn".to_owned(), ..LogSettings::default() })?;
     crate::demo::run().await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// What the commands that are not built yet answer.
-fn not_implemented(command: &str) -> Result<ExitCode, Failure> {
-    eprintln!("`scan-agent-sync {command}` is not implemented yet");
-    Ok(ExitCode::FAILURE)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts;
 use crate::config::Settings;
 use crate::http::{self, HttpState};
 use crate::leader::{LeaderState, Leadership, LeadershipSettings};
@@ -30,6 +31,9 @@ use crate::sync::{CycleOptions, CycleReport, SyncError, Syncer, Targets};
 /// How long a stopping daemon waits for the running cycle to apply what it fetched; the
 /// unit's `TimeoutStopSec` (45 s) leaves room for the rest of the shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// How often queued alerts are looked for; an alert waits at most this long to leave.
+const ALERT_POLL: Duration = Duration::from_secs(2);
 
 /// Runs until `shutdown` completes. Errors only for what a restart cannot fix by waiting
 /// (bad secret file, unusable listen address); a database outage is waited out.
@@ -77,6 +81,15 @@ pub async fn run(
     .await
     .context("starting the schedule")?;
 
+    let sender = tokio::spawn(alerts::run_sender(
+        store.clone(),
+        alerts::webhook_client().context("building the alert webhook client")?,
+        settings.alerts.clone(),
+        cancel.clone(),
+        ALERT_POLL,
+    ));
+    let (_, call_watermark) = store.calls_since(0).await?;
+
     notify::ready();
     let mut daemon = Daemon {
         settings,
@@ -88,6 +101,7 @@ pub async fn run(
         targets: Targets::default(),
         cycle: None,
         first_cycle_due: true,
+        call_watermark,
     };
     daemon.targets =
         Targets { ids: daemon.settings.agents.ids.clone(), track_all: daemon.settings.agents.track_all };
@@ -97,6 +111,7 @@ pub async fn run(
     schedule.stop().await;
     daemon.finish_cycle().await;
     leadership.shutdown().await;
+    let _ = sender.await;
     if let Some(http) = http {
         let _ = http.await;
     }
@@ -151,6 +166,8 @@ struct Daemon {
     cycle: Option<JoinHandle<Result<CycleReport, SyncError>>>,
     /// The first cycle runs as soon as this instance leads, not at the first tick.
     first_cycle_due: bool,
+    /// The newest ledger row already counted in the request metrics.
+    call_watermark: i64,
 }
 
 impl Daemon {
@@ -158,6 +175,8 @@ impl Daemon {
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let watchdog_every = notify::watchdog_interval().unwrap_or(Duration::from_secs(3600));
         let mut watchdog = tokio::time::interval(watchdog_every);
+        // Time alone makes agents stale, so staleness is also checked between cycles.
+        let mut staleness = tokio::time::interval(staleness_interval(self.settings.stale.after));
         self.maybe_start_cycle();
         loop {
             tokio::select! {
@@ -177,6 +196,7 @@ impl Daemon {
                 done = wait_for(&mut self.cycle) => self.cycle_finished(done).await,
                 _ = hangup.recv() => self.reload_agents(),
                 _ = watchdog.tick() => notify::watchdog(),
+                _ = staleness.tick() => self.evaluate_staleness().await,
             }
         }
     }
@@ -233,6 +253,45 @@ impl Daemon {
             }
         }
         self.refresh_budget_metrics().await;
+        self.count_api_calls().await;
+        self.evaluate_staleness().await;
+    }
+
+    /// Opens, repeats and resolves stale episodes (the active instance only, so a standby
+    /// adds no load), and refreshes the agent metrics.
+    async fn evaluate_staleness(&self) {
+        if *self.leader.borrow() != LeaderState::Leader {
+            return;
+        }
+        let store = &self.syncer.store;
+        match alerts::evaluate(store, &self.settings.stale, &self.settings.alerts, chrono::Utc::now()).await {
+            Ok(seen) => self.metrics.set_agent_counts(seen.tracked, seen.stale_now, seen.missing_now),
+            Err(error) => {
+                tracing::error!(%error, "evaluating stale agents failed; retrying at the next check")
+            }
+        }
+        match store.all_last_seen().await {
+            Ok(agents) => self.metrics.set_agent_last_seen(&agents),
+            Err(error) => tracing::warn!(%error, "reading lastSeen for the metrics failed"),
+        }
+    }
+
+    /// Turns the ledger rows of the last cycle into request and 429 counters.
+    async fn count_api_calls(&mut self) {
+        match self.syncer.store.calls_since(self.call_watermark).await {
+            Ok((counts, newest)) => {
+                for (endpoint, status, n) in counts {
+                    let code = if status == 0 { "none".to_owned() } else { status.to_string() };
+                    let n = u64::try_from(n).unwrap_or(0);
+                    self.metrics.record_api_requests(&endpoint, &code, n);
+                    if status == 429 {
+                        self.metrics.record_throttled(n);
+                    }
+                }
+                self.call_watermark = newest;
+            }
+            Err(error) => tracing::warn!(%error, "reading the call ledger for the metrics failed"),
+        }
     }
 
     async fn refresh_budget_metrics(&self) {
@@ -276,6 +335,12 @@ impl Daemon {
             ),
         }
     }
+}
+
+/// Often enough that an agent is reported stale within a few percent of `stale.after`,
+/// never more than once a second or less than once a minute.
+fn staleness_interval(after: Duration) -> Duration {
+    (after / 20).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 /// Completes when the running cycle does; never while none runs.

@@ -24,7 +24,8 @@ const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const DEMO_DATABASE: &str = "scan_agent_sync_demo";
 const CYCLES: usize = 5;
 const CYCLE_INTERVAL: Duration = Duration::from_secs(2);
-const AGENTS: usize = 24;
+/// Small enough that every cycle fits the real 100-calls-a-minute window in by-id mode.
+const AGENTS: usize = 16;
 /// Short enough that agents the simulator silences go stale within the demo.
 const STALE_AFTER: &str = "5s";
 

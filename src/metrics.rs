@@ -158,15 +158,15 @@ impl Metrics {
         }
     }
 
-    /// Counts one API request; `code` is the HTTP status, or an error kind such as `timeout`.
-    pub fn record_api_request(&self, endpoint: &str, code: &str) {
+    /// Counts `count` API requests; `code` is the HTTP status, or `none` when no answer came.
+    pub fn record_api_requests(&self, endpoint: &str, code: &str, count: u64) {
         let labels = RequestLabels { endpoint: endpoint.to_owned(), code: code.to_owned() };
-        self.inner.api_requests.get_or_create(&labels).inc();
+        self.inner.api_requests.get_or_create(&labels).inc_by(count);
     }
 
-    /// Counts one 429 answer.
-    pub fn record_throttled(&self) {
-        self.inner.api_throttled.inc();
+    /// Counts `count` 429 answers.
+    pub fn record_throttled(&self, count: u64) {
+        self.inner.api_throttled.inc_by(count);
     }
 
     /// Sets the calls left in one window, labelled as [`crate::rate_window::RateWindow::label`] does.

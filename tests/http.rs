@@ -51,8 +51,8 @@ fn dead_store() -> Store {
 /// Calls every recording method once, so every series has a sample.
 fn record_everything(metrics: &Metrics) {
     let at = Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap();
-    metrics.record_api_request("machines_by_id", "200");
-    metrics.record_throttled();
+    metrics.record_api_requests("by-id", "200", 1);
+    metrics.record_throttled(1);
     metrics.set_budget_remaining("100/1m", 42);
     metrics.record_run("ok", Duration::from_millis(1500), Some(at));
     metrics.set_agent_counts(10, 2, 1);
@@ -153,7 +153,7 @@ async fn metrics_parse_as_prometheus_text_and_carry_every_named_series() {
     let samples = parse_exposition(&body);
 
     let expected: &[(&str, Labels, f64)] = &[
-        ("scan_agent_sync_api_requests_total", &[("endpoint", "machines_by_id"), ("code", "200")], 1.0),
+        ("scan_agent_sync_api_requests_total", &[("endpoint", "by-id"), ("code", "200")], 1.0),
         ("scan_agent_sync_api_throttled_total", &[], 1.0),
         ("scan_agent_sync_rate_budget_remaining", &[("window", "100/1m")], 42.0),
         ("scan_agent_sync_sync_runs_total", &[("status", "ok")], 1.0),

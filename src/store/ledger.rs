@@ -125,6 +125,23 @@ impl Store {
         Ok(remaining)
     }
 
+    /// Calls recorded after ledger row `after`, by endpoint and status (0: no answer), and
+    /// the newest row id seen. The daemon reads this once a cycle is over, so every call has
+    /// its answer; it turns them into request counters without the client knowing metrics.
+    pub async fn calls_since(&self, after: i64) -> Result<(Vec<(String, i16, i64)>, i64), StoreError> {
+        let rows: Vec<(String, i16, i64, i64)> = sqlx::query_as(
+            "SELECT endpoint, coalesce(status, 0), count(*), max(call_id) FROM api_calls
+             WHERE call_id > $1
+             GROUP BY 1, 2",
+        )
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await
+        .during("counting recent API calls")?;
+        let newest = rows.iter().map(|r| r.3).max().unwrap_or(after);
+        Ok((rows.into_iter().map(|(endpoint, status, n, _)| (endpoint, status, n)).collect(), newest))
+    }
+
     /// Drops ledger rows older than a week; windows never look back that far.
     pub async fn prune_ledger(&self) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM api_calls WHERE called_at < now() - $1::interval")

@@ -32,6 +32,14 @@ impl Store {
         Ok(())
     }
 
+    /// Every tracked agent's `last_seen`, for the per-agent metric.
+    pub async fn all_last_seen(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        sqlx::query_as("SELECT agent_id, last_seen FROM scan_agents ORDER BY agent_id")
+            .fetch_all(&self.pool)
+            .await
+            .during("reading every agent's lastSeen")
+    }
+
     /// The agents stale now, longest stale first.
     pub async fn stale_agents(&self) -> Result<Vec<StaleAgent>, StoreError> {
         sqlx::query_as(
