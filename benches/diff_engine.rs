@@ -1,1 +1,442 @@
-fn main() {}
+//! Wall-time benchmark of the diff and history engine (`Store::apply`) against a naive
+//! one-statement-per-agent baseline, on a real PostgreSQL database.
+//!
+//! Run: `cargo bench --bench diff_engine [-- --sizes 1000,10000 --naive-sizes 1000 --reps 3]`.
+//! It creates its own database next to `DATABASE_URL` (default: the local server), drops it
+//! at the end, and prints a markdown table for `BENCHMARKS.md`.
+//!
+//! Every repetition starts from a freshly established precondition (truncate, load the base
+//! fleet through the engine, `VACUUM ANALYZE`), all outside the timed region, so runs do not
+//! inherit each other's dead tuples and the planner sees the statistics a daemon would
+//! have once autovacuum has run. Payloads are built before the clock starts, so only the
+//! apply itself (transaction, lock, reads, diff, writes, commit) is measured.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, TimeZone, Utc};
+use scan_agent_sync::agent::{AgentRecord, Attributes};
+use scan_agent_sync::store::{APPLY_LOCK, MIGRATOR, Store};
+use serde_json::{Value, json};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// One tenant: every agent ID starts with the same organization GUID, as in a real fleet.
+const ORG_GUID: &str = "47df41a0-c0a5-4fd6-93bb-a93dbc0bfcaa";
+
+/// The four situations a sync cycle meets, from first import to a fleet-wide upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    AllNew,
+    NoneChanged,
+    TenthChanged,
+    AllChanged,
+}
+
+impl Workload {
+    const ALL: [Workload; 4] =
+        [Workload::AllNew, Workload::NoneChanged, Workload::TenthChanged, Workload::AllChanged];
+
+    fn label(self) -> &'static str {
+        match self {
+            Workload::AllNew => "all new",
+            Workload::NoneChanged => "none changed",
+            Workload::TenthChanged => "10% changed",
+            Workload::AllChanged => "all changed",
+        }
+    }
+
+    /// The payload generation agent `i` reports in this workload's timed batch; the stored
+    /// base fleet is generation 0, a later generation means a new version and lastSeen.
+    fn generation(self, i: usize) -> u32 {
+        match self {
+            Workload::AllNew | Workload::NoneChanged => 0,
+            Workload::TenthChanged => u32::from(i % 10 == 0),
+            Workload::AllChanged => 1,
+        }
+    }
+
+    /// Row counts (agents, versions, lastSeen rows) after the timed batch: checks that the
+    /// baseline does exactly the engine's work, so the comparison is fair.
+    fn expected_counts(self, n: usize) -> (i64, i64, i64) {
+        let n = n as i64;
+        let changed = match self {
+            Workload::AllNew | Workload::NoneChanged => 0,
+            Workload::TenthChanged => (n + 9) / 10,
+            Workload::AllChanged => n,
+        };
+        (n, n + changed, n + changed)
+    }
+}
+
+/// Command-line options after cargo's own `--bench` flag.
+struct Options {
+    sizes: Vec<usize>,
+    naive_sizes: Vec<usize>,
+    reps: usize,
+}
+
+impl Options {
+    fn parse() -> anyhow::Result<Options> {
+        let mut options =
+            Options { sizes: vec![1_000, 10_000, 100_000], naive_sizes: vec![1_000, 10_000], reps: 3 };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+            match arg.as_str() {
+                // cargo passes it to every harness = false bench.
+                "--bench" => {}
+                "--sizes" => options.sizes = parse_list(&value()?)?,
+                "--naive-sizes" => options.naive_sizes = parse_list(&value()?)?,
+                "--reps" => options.reps = value()?.parse().context("--reps takes a positive integer")?,
+                other => bail!(
+                    "unknown argument {other:?}; usage: cargo bench --bench diff_engine -- \
+                     [--sizes 1000,10000,100000] [--naive-sizes 1000,10000] [--reps 3]"
+                ),
+            }
+        }
+        if options.reps == 0 {
+            bail!("--reps must be at least 1");
+        }
+        Ok(options)
+    }
+}
+
+fn parse_list(text: &str) -> anyhow::Result<Vec<usize>> {
+    text.split(',')
+        .map(|s| s.trim().parse().with_context(|| format!("{s:?} in {text:?} is not a batch size")))
+        .collect()
+}
+
+/// A deterministic 64-bit mix (SplitMix64), so every run benchmarks the same fleet.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The 40-hex machine ID Defender gives a device.
+fn machine_hex(i: usize) -> String {
+    let i = i as u64;
+    let hex = format!("{:016x}{:016x}{:016x}", mix(3 * i), mix(3 * i + 1), mix(3 * i + 2));
+    hex[..40].to_owned()
+}
+
+/// An API timestamp with the 7 fractional digits Defender sends.
+fn api_timestamp(at: DateTime<Utc>, seed: u64) -> String {
+    format!("{}.{:07}Z", at.format("%Y-%m-%dT%H:%M:%S"), seed % 10_000_000)
+}
+
+/// One agent as the API returns it, documented fields in the documented mixed case, plus a
+/// field the service does not know (kept in `raw`).
+fn payload(i: usize, generation: u32) -> Value {
+    let machine = machine_hex(i);
+    let base = Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap();
+    let spread = chrono::Duration::seconds((i % 86_400) as i64);
+    let last_seen = base + spread + chrono::Duration::hours(i64::from(generation) * 6);
+    let command = base + spread - chrono::Duration::hours(1);
+    let app = mix(i as u64 ^ 0xA5A5);
+    json!({
+        "id": format!("{ORG_GUID}_{machine}"),
+        "machineId": machine,
+        "lastSeen": api_timestamp(last_seen, mix(i as u64 ^ (u64::from(generation) << 32))),
+        "computerDnsName": format!("wks-{i:06}.corp.contoso.com"),
+        "AssignedApplicationId": format!(
+            "{:08X}-{:04X}-4{:03X}-8{:03X}-{:012X}",
+            app >> 32, (app >> 16) & 0xFFFF, app & 0xFFF, (app >> 12) & 0xFFF, mix(app) & 0xFFFF_FFFF_FFFF
+        ),
+        "ScannerSoftwareVersion": format!("7.{}.{}", 1 + generation, i % 3),
+        "LastCommandExecutionTimestamp": api_timestamp(command, mix(i as u64)),
+        "mdeClientVersion": "10.8295.22621.1195",
+        "scanHealth": {"status": "Healthy", "lastErrorCode": null, "networksScanned": i % 7},
+    })
+}
+
+/// The batch a workload applies, parsed as the sync cycle would parse it.
+fn batch(n: usize, generation: impl Fn(usize) -> u32) -> Vec<AgentRecord> {
+    (0..n)
+        .map(|i| AgentRecord::from_json(payload(i, generation(i))).expect("generated payloads are valid"))
+        .collect()
+}
+
+/// Which implementation a measurement ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    SetBased,
+    Naive,
+}
+
+/// Brings the tables into the state the workload expects, then vacuums, all untimed.
+async fn establish(store: &Store, workload: Workload, n: usize) -> anyhow::Result<()> {
+    let pool = store.pool();
+    sqlx::raw_sql("TRUNCATE scan_agent_last_seen, scan_agent_versions, scan_agents RESTART IDENTITY")
+        .execute(pool)
+        .await
+        .context("truncating the agent tables")?;
+    if workload != Workload::AllNew {
+        store.apply(batch(n, |_| 0), &[]).await.context("loading the base fleet")?;
+    }
+    sqlx::raw_sql("VACUUM ANALYZE scan_agents, scan_agent_versions, scan_agent_last_seen")
+        .execute(pool)
+        .await
+        .context("vacuuming after the load")?;
+    Ok(())
+}
+
+async fn counts(pool: &PgPool) -> anyhow::Result<(i64, i64, i64)> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM scan_agents), (SELECT count(*) FROM scan_agent_versions),
+                (SELECT count(*) FROM scan_agent_last_seen)",
+    )
+    .fetch_one(pool)
+    .await
+    .context("counting rows")
+}
+
+/// Runs one workload `reps` times with one engine and returns the sorted wall times.
+async fn measure(
+    store: &Store,
+    engine: Engine,
+    workload: Workload,
+    n: usize,
+    reps: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        establish(store, workload, n).await?;
+        let fetched = batch(n, |i| workload.generation(i));
+        let started = Instant::now();
+        match engine {
+            Engine::SetBased => {
+                store.apply(fetched, &[]).await.context("applying the batch")?;
+            }
+            Engine::Naive => naive_apply(store.pool(), &fetched).await.context("naive apply")?,
+        }
+        times.push(started.elapsed());
+        let got = counts(store.pool()).await?;
+        let want = workload.expected_counts(n);
+        if got != want {
+            bail!("{engine:?} {} at {n}: rows {got:?}, expected {want:?}", workload.label());
+        }
+    }
+    times.sort();
+    Ok(times)
+}
+
+/// What the baseline reads back for one agent.
+#[derive(sqlx::FromRow)]
+struct NaiveRow {
+    machine_id: Option<String>,
+    computer_dns_name: Option<String>,
+    assigned_application_id: Option<String>,
+    scanner_software_version: Option<String>,
+    mde_client_version: Option<String>,
+    last_seen: DateTime<Utc>,
+    last_command_execution_at: Option<DateTime<Utc>>,
+    missing_since: Option<DateTime<Utc>>,
+}
+
+/// The comparator: the same writes as `Store::apply` (same transaction, lock and
+/// timestamp), but one prepared statement and one round trip per step per agent, which is
+/// how the engine would look without arrays and `UNNEST`.
+async fn naive_apply(pool: &PgPool, fetched: &[AgentRecord]) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPLY_LOCK).execute(&mut *tx).await?;
+    let at: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&mut *tx).await?;
+    for record in fetched {
+        let id = record.id.as_str();
+        let a = &record.attributes;
+        let stored: Option<NaiveRow> = sqlx::query_as(
+            "SELECT machine_id, computer_dns_name, assigned_application_id, scanner_software_version,
+                    mde_client_version, last_seen, last_command_execution_at, missing_since
+             FROM scan_agents WHERE agent_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (attributes_changed, last_seen_changed) = match &stored {
+            None => {
+                sqlx::query(
+                    "INSERT INTO scan_agents (agent_id, machine_id, computer_dns_name,
+                         assigned_application_id, scanner_software_version, mde_client_version,
+                         last_seen, last_command_execution_at, raw,
+                         first_observed_at, last_fetched_at, last_changed_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10)",
+                )
+                .bind(id)
+                .bind(&a.machine_id)
+                .bind(&a.computer_dns_name)
+                .bind(&a.assigned_application_id)
+                .bind(&a.scanner_software_version)
+                .bind(&a.mde_client_version)
+                .bind(record.last_seen)
+                .bind(record.last_command_execution_at)
+                .bind(&record.raw)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                (true, true)
+            }
+            Some(old) => {
+                let old_attributes = Attributes {
+                    machine_id: old.machine_id.clone(),
+                    computer_dns_name: old.computer_dns_name.clone(),
+                    assigned_application_id: old.assigned_application_id.clone(),
+                    scanner_software_version: old.scanner_software_version.clone(),
+                    mde_client_version: old.mde_client_version.clone(),
+                };
+                let attributes_changed = old_attributes != *a;
+                let last_seen_changed = old.last_seen != record.last_seen;
+                let changed = attributes_changed
+                    || last_seen_changed
+                    || old.last_command_execution_at != record.last_command_execution_at
+                    || old.missing_since.is_some();
+                sqlx::query(
+                    "UPDATE scan_agents SET machine_id = $2, computer_dns_name = $3,
+                         assigned_application_id = $4, scanner_software_version = $5,
+                         mde_client_version = $6, last_seen = $7, last_command_execution_at = $8,
+                         raw = $9, last_fetched_at = $10,
+                         last_changed_at = CASE WHEN $11 THEN $10 ELSE last_changed_at END,
+                         missing_since = NULL
+                     WHERE agent_id = $1",
+                )
+                .bind(id)
+                .bind(&a.machine_id)
+                .bind(&a.computer_dns_name)
+                .bind(&a.assigned_application_id)
+                .bind(&a.scanner_software_version)
+                .bind(&a.mde_client_version)
+                .bind(record.last_seen)
+                .bind(record.last_command_execution_at)
+                .bind(&record.raw)
+                .bind(at)
+                .bind(changed)
+                .execute(&mut *tx)
+                .await?;
+                if attributes_changed {
+                    sqlx::query(
+                        "UPDATE scan_agent_versions SET valid_to = $2 WHERE agent_id = $1 AND valid_to IS NULL",
+                    )
+                    .bind(id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                (attributes_changed, last_seen_changed)
+            }
+        };
+        if attributes_changed {
+            sqlx::query(
+                "INSERT INTO scan_agent_versions (agent_id, machine_id, computer_dns_name,
+                     assigned_application_id, scanner_software_version, mde_client_version, valid_from)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(id)
+            .bind(&a.machine_id)
+            .bind(&a.computer_dns_name)
+            .bind(&a.assigned_application_id)
+            .bind(&a.scanner_software_version)
+            .bind(&a.mde_client_version)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if last_seen_changed {
+            sqlx::query(
+                "INSERT INTO scan_agent_last_seen (agent_id, last_seen, observed_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (agent_id, last_seen) DO NOTHING",
+            )
+            .bind(id)
+            .bind(record.last_seen)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await
+}
+
+/// Best and median of a sorted sample, in milliseconds.
+fn best_median(times: &[Duration]) -> (f64, f64) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    (ms(times[0]), ms(times[times.len() / 2]))
+}
+
+/// The process's peak resident set; the server's memory is in its own processes.
+fn peak_rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| status.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.trim().to_owned()))
+        .unwrap_or_else(|| "VmHWM: unavailable (no /proc/self/status)".to_owned())
+}
+
+/// The table rows; the database is passed in so the caller can always drop it.
+async fn run(store: &Store, options: &Options) -> anyhow::Result<Vec<String>> {
+    let mut rows = Vec::new();
+    for &n in &options.sizes {
+        for workload in Workload::ALL {
+            eprintln!("{n} agents, {}: engine...", workload.label());
+            let (best, median) =
+                best_median(&measure(store, Engine::SetBased, workload, n, options.reps).await?);
+            let naive = if options.naive_sizes.contains(&n) {
+                eprintln!("{n} agents, {}: naive...", workload.label());
+                Some(best_median(&measure(store, Engine::Naive, workload, n, options.reps).await?))
+            } else {
+                None
+            };
+            let (naive_ms, speedup) = match naive {
+                Some((nb, nm)) => (format!("{nb:.0} / {nm:.0}"), format!("{:.1}×", nm / median)),
+                None => ("not run".to_owned(), "–".to_owned()),
+            };
+            rows.push(format!(
+                "| {n} | {} | {best:.1} / {median:.1} | {naive_ms} | {speedup} | {:.0} |",
+                workload.label(),
+                n as f64 / (median / 1e3),
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = Options::parse()?;
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let mut admin = PgConnection::connect(&url).await.with_context(|| {
+        format!("the benchmark needs PostgreSQL at {url} (DATABASE_URL); start it with `pg_ctlcluster 15 main start`")
+    })?;
+    let name = format!("sas_bench_{}", std::process::id());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .context("creating the benchmark database")?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(PgConnectOptions::from_str(&url)?.database(&name))
+        .await
+        .context("connecting to the benchmark database")?;
+    let result = match MIGRATOR.run(&pool).await {
+        Ok(()) => run(&Store::from_pool(pool.clone()), &options).await,
+        Err(e) => Err(e).context("migrating the benchmark database"),
+    };
+    pool.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{name}\" WITH (FORCE)")))
+        .execute(&mut admin)
+        .await
+        .context("dropping the benchmark database")?;
+    let rows = result?;
+
+    println!("\nBest / median of {} runs, wall time of one apply (one transaction).\n", options.reps);
+    println!(
+        "| agents | workload | engine ms (best / median) | naive ms (best / median) | speedup (median) | agents/s (engine, median) |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!("\nPeak memory of the benchmark process: {} (PostgreSQL's backends not included)", peak_rss());
+    Ok(())
+}
