@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -350,40 +348,10 @@ async fn json_body_field_by_field() {
     );
 }
 
-/// Captures log output of the current thread (tests run on a current-thread runtime).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
-
 #[tokio::test]
 async fn a_4xx_is_logged_as_a_configuration_problem_and_kept() {
-    let logs = Captured::default();
-    let _guard = logs.install();
+    let logs = support::Captured::default();
+    let _guard = logs.install(tracing::Level::INFO);
     let store = support::fresh_store().await;
     let server = MockServer::start().await;
     Mock::given(method("POST"))
@@ -415,8 +383,8 @@ async fn a_4xx_is_logged_as_a_configuration_problem_and_kept() {
 
 #[tokio::test]
 async fn without_a_webhook_alerts_are_logged_firing_warn_resolved_info() {
-    let logs = Captured::default();
-    let _guard = logs.install();
+    let logs = support::Captured::default();
+    let _guard = logs.install(tracing::Level::INFO);
     let store = support::fresh_store().await;
     let alerts = settings(None, AlertFormat::Alertmanager, 0);
     seen(&store, "a1", 0).await;

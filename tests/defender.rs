@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use scan_agent_sync::agent_id::AgentId;
@@ -564,31 +562,10 @@ async fn an_unavailable_token_endpoint_is_retried() {
     assert_eq!(received(&server).await.1, 2);
 }
 
-/// Collects everything logged, to search it for secrets.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn secrets_never_appear_in_errors_or_logs() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = support::Captured::default();
+    let _guard = logs.install(tracing::Level::TRACE);
 
     let mut shown = Vec::new();
     let server = mock_server().await;
@@ -606,7 +583,7 @@ async fn secrets_never_appear_in_errors_or_logs() {
     let error = wrong.check_token().await.unwrap_err();
     shown.push(format!("{error} {error:?} {wrong:?}"));
 
-    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logged = logs.text();
     assert!(logged.contains("retrying"), "the capture works: {logged}");
     for text in shown.iter().chain([&logged]) {
         for secret in [WIREMOCK_TOKEN, SIM_SECRET, "wrong-secret-hunter2"] {
