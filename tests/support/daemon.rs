@@ -267,10 +267,18 @@ impl Daemon {
 
     /// Waits for a log event with this message and returns its fields.
     pub async fn wait_for_event(&self, message: &str, limit: Duration) -> Value {
-        eventually(&format!("log event {message:?}"), limit, async || {
+        self.wait_for_event_with(message, "", limit).await
+    }
+
+    /// Waits for a log event with this message whose fields mention `detail` somewhere, and
+    /// returns its fields.
+    pub async fn wait_for_event_with(&self, message: &str, detail: &str, limit: Duration) -> Value {
+        eventually(&format!("log event {message:?} mentioning {detail:?}"), limit, async || {
             self.events().into_iter().find_map(|event| {
                 let fields = event.get("fields")?;
-                (fields.get("message")?.as_str()? == message).then(|| fields.clone())
+                let matches =
+                    fields.get("message")?.as_str()? == message && fields.to_string().contains(detail);
+                matches.then(|| fields.clone())
             })
         })
         .await
