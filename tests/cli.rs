@@ -4,11 +4,9 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use sqlx::Connection;
-
-const BIN: &str = env!("CARGO_BIN_EXE_scan-agent-sync");
 
 /// Exit code for an invalid configuration (EX_CONFIG).
 const EX_CONFIG: i32 = 78;
@@ -16,10 +14,6 @@ const EX_CONFIG: i32 = 78;
 /// Passwords and secrets the tests configure; none may ever be printed.
 const DB_PASSWORD: &str = "db-hunter2";
 const CLIENT_SECRET: &str = "api-s3cret-value";
-
-/// Variables of the calling environment that would change what the binary loads or logs.
-const INHERITED: [&str; 5] =
-    ["DATABASE_URL", "RUST_LOG", "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY", "SCAN_AGENT_SYNC_CONFIG"];
 
 /// What a run of the binary produced.
 struct Run {
@@ -45,14 +39,12 @@ impl Run {
 
 /// The binary with none of the caller's overrides, no stdin, and `envs` set.
 fn run(args: &[&str], envs: &[(&str, &str)]) -> Run {
-    let mut command = Command::new(BIN);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("SCAN_AGENT_SYNC__") || INHERITED.contains(&name.as_str()) {
-            command.env_remove(name);
-        }
-    }
-    let output =
-        command.args(args).envs(envs.iter().copied()).stdin(Stdio::null()).output().expect("run the binary");
+    let output = support::binary()
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the binary");
     Run {
         code: output.status.code().expect("the binary exits rather than being killed"),
         stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),

@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
@@ -11,6 +10,7 @@ use scan_agent_sync::leader::LeaderState;
 use scan_agent_sync::metrics::Metrics;
 use scan_agent_sync::store::Store;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use support::exposition::{Labels, find, parse_exposition};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -59,85 +59,6 @@ fn record_everything(metrics: &Metrics) {
     metrics.set_agent_last_seen(&[("agent-a".into(), at), ("agent-b".into(), at)]);
     metrics.record_skipped_tick();
     metrics.set_leader(true);
-}
-
-/// Label pairs a sample must carry.
-type Labels<'a> = &'a [(&'a str, &'a str)];
-
-/// One sample line: `name{labels} value`.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// A line-based check of the text exposition: every sample is `name{labels} value`, and
-/// every sample belongs to a family announced by both `# HELP` and `# TYPE`.
-fn parse_exposition(text: &str) -> Vec<Sample> {
-    let mut help = BTreeSet::new();
-    let mut types = BTreeMap::new();
-    let mut samples = Vec::new();
-    for line in text.lines() {
-        if let Some(comment) = line.strip_prefix("# ") {
-            let mut parts = comment.splitn(3, ' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some("HELP"), Some(name), Some(_)) => {
-                    assert!(help.insert(name.to_owned()), "HELP twice: {line}")
-                }
-                (Some("TYPE"), Some(name), Some(kind)) => {
-                    assert!(types.insert(name.to_owned(), kind.to_owned()).is_none(), "TYPE twice: {line}")
-                }
-                (Some("EOF"), None, None) => {}
-                _ => panic!("unexpected comment line: {line:?}"),
-            }
-            continue;
-        }
-        samples.push(
-            parse_sample(line).unwrap_or_else(|| panic!("not a `name{{labels}} value` line: {line:?}")),
-        );
-    }
-    assert!(text.ends_with("# EOF\n"), "an OpenMetrics exposition ends with # EOF");
-    for sample in &samples {
-        let family = types
-            .keys()
-            .find(|family| {
-                sample.name.strip_prefix(family.as_str()).is_some_and(|suffix| {
-                    ["", "_total", "_bucket", "_sum", "_count", "_created"].contains(&suffix)
-                })
-            })
-            .unwrap_or_else(|| panic!("sample {} has no # TYPE", sample.name));
-        assert!(help.contains(family), "family {family} has no # HELP");
-    }
-    samples
-}
-
-/// `None` unless the line is `name{labels} value`.
-fn parse_sample(line: &str) -> Option<Sample> {
-    let name_end = line.find(['{', ' '])?;
-    let name = &line[..name_end];
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
-        return None;
-    }
-    let mut labels = BTreeMap::new();
-    let mut rest = &line[name_end..];
-    if let Some(inner) = rest.strip_prefix('{') {
-        let close = inner.find('}')?;
-        for pair in inner[..close].split(',').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=')?;
-            let value = value.strip_prefix('"')?.strip_suffix('"')?;
-            labels.insert(key.to_owned(), value.to_owned());
-        }
-        rest = &inner[close + 1..];
-    }
-    let value = rest.strip_prefix(' ')?.parse().ok()?;
-    Some(Sample { name: name.to_owned(), labels, value })
-}
-
-fn find<'a>(samples: &'a [Sample], name: &str, labels: Labels) -> Option<&'a Sample> {
-    samples.iter().find(|s| {
-        s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-    })
 }
 
 #[tokio::test]

@@ -130,7 +130,7 @@ impl Store {
     /// its answer; it turns them into request counters without the client knowing metrics.
     pub async fn calls_since(&self, after: i64) -> Result<(Vec<(String, i16, i64)>, i64), StoreError> {
         let rows: Vec<(String, i16, i64, i64)> = sqlx::query_as(
-            "SELECT endpoint, coalesce(status, 0), count(*), max(call_id) FROM api_calls
+            "SELECT endpoint, coalesce(status, 0::smallint), count(*), max(call_id) FROM api_calls
              WHERE call_id > $1
              GROUP BY 1, 2",
         )

@@ -4,6 +4,9 @@
 //! a message saying what to start.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod daemon;
+pub mod exposition;
+
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,6 +18,22 @@ use sqlx::{Connection, PgConnection, PgPool};
 /// Where the tests find PostgreSQL: `DATABASE_URL`, or the local server's `postgres` database.
 pub fn admin_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Variables of the calling environment that would change what the binary loads or logs.
+const INHERITED: [&str; 5] =
+    ["DATABASE_URL", "RUST_LOG", "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY", "SCAN_AGENT_SYNC_CONFIG"];
+
+/// The `scan-agent-sync` binary with none of the caller's overrides in its environment, so a
+/// developer's `DATABASE_URL` or `RUST_LOG` cannot change what a test sees.
+pub fn binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_scan-agent-sync"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("SCAN_AGENT_SYNC__") || INHERITED.contains(&name.as_str()) {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 /// Test databases older than this are left over from killed runs and are dropped.
