@@ -100,7 +100,8 @@ pub async fn run(
         cancel: cancel.clone(),
         targets: Targets::default(),
         cycle: None,
-        first_cycle_due: true,
+        newly_leading: true,
+        cycle_cancel: None,
         call_watermark,
     };
     daemon.targets =
@@ -164,8 +165,12 @@ struct Daemon {
     cancel: CancellationToken,
     targets: Targets,
     cycle: Option<JoinHandle<Result<CycleReport, SyncError>>>,
-    /// The first cycle runs as soon as this instance leads, not at the first tick.
-    first_cycle_due: bool,
+    /// Set at start and whenever leadership is lost: the next time this instance leads, a
+    /// cycle starts at once (not at the next tick) and first closes runs that a previous
+    /// leader left `running`.
+    newly_leading: bool,
+    /// Cancels the running cycle alone, when leadership is lost mid-cycle.
+    cycle_cancel: Option<CancellationToken>,
     /// The newest ledger row already counted in the request metrics.
     call_watermark: i64,
 }
@@ -189,7 +194,15 @@ impl Daemon {
                     let state = *self.leader.borrow_and_update();
                     self.metrics.set_leader(state == LeaderState::Leader);
                     tracing::info!(?state, "leadership changed");
-                    if self.first_cycle_due {
+                    if state != LeaderState::Leader {
+                        self.newly_leading = true;
+                        // Another instance may lead now: stop starting requests, so two
+                        // cycles never run side by side; what was fetched is still applied.
+                        if let Some(cycle) = &self.cycle_cancel {
+                            tracing::warn!("leadership lost; stopping the running cycle");
+                            cycle.cancel();
+                        }
+                    } else if self.newly_leading {
                         self.maybe_start_cycle();
                     }
                 }
@@ -211,9 +224,11 @@ impl Daemon {
             tracing::debug!("not the active instance; no cycle");
             return;
         }
-        let first = std::mem::replace(&mut self.first_cycle_due, false);
+        let first = std::mem::replace(&mut self.newly_leading, false);
         let deadline = self.next_tick_deadline();
-        let options = CycleOptions { dry_run: false, deadline, cancel: self.cancel.child_token() };
+        let cancel = self.cancel.child_token();
+        self.cycle_cancel = Some(cancel.clone());
+        let options = CycleOptions { dry_run: false, deadline, cancel };
         let (syncer, targets, guard) = (self.syncer.clone(), self.targets.clone(), self.busy.enter());
         self.cycle = Some(tokio::spawn(async move {
             let _busy = guard;
@@ -237,6 +252,7 @@ impl Daemon {
 
     async fn cycle_finished(&mut self, done: Result<Result<CycleReport, SyncError>, tokio::task::JoinError>) {
         self.cycle = None;
+        self.cycle_cancel = None;
         match done {
             Ok(Ok(report)) => {
                 let succeeded = matches!(report.exit_code(), 0).then(chrono::Utc::now);
