@@ -334,7 +334,10 @@ async fn simulate(globals: &Globals, options: SimulatorOptions) -> Result<ExitCo
 /// `demo`: the product against the in-process simulator; needs no configuration file.
 async fn demo(globals: &Globals) -> Result<ExitCode, Failure> {
     // The demo prints its own story; the service's info lines would drown it (-v shows them).
-    globals.init_telemetry(&LogSettings { level: "warn".to_owned(), ..LogSettings::default() })?;
+    globals.init_telemetry(&LogSettings {
+        level: "warn,sqlx::query=error".to_owned(),
+        ..LogSettings::default()
+    })?;
     crate::demo::run().await?;
     Ok(ExitCode::SUCCESS)
 }
