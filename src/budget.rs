@@ -43,9 +43,9 @@ pub enum BudgetError {
 pub struct Permit {
     store: Store,
     call_id: i64,
-    /// How long granting took, from the database clock reading to the return: the request
-    /// leaves at least this much later than its recorded time (see [`Permit::finish`]).
-    grant_latency: Duration,
+    /// How much later than its recorded time the request leaves, at least (see
+    /// [`Grant::lag`](crate::store::ledger::Grant::lag) and [`Permit::finish`]).
+    lag: Duration,
     _in_flight: OwnedSemaphorePermit,
 }
 
@@ -66,14 +66,12 @@ impl Budget {
         let in_flight =
             self.in_flight.clone().acquire_owned().await.expect("the budget semaphore is never closed");
         loop {
-            let asked = Instant::now();
             match self.store.take_slot(&self.windows, endpoint).await? {
-                Slot::Granted(call_id) => {
-                    let grant_latency = asked.elapsed();
+                Slot::Granted(grant) => {
                     return Ok(Permit {
                         store: self.store.clone(),
-                        call_id,
-                        grant_latency,
+                        call_id: grant.call_id,
+                        lag: grant.lag,
                         _in_flight: in_flight,
                     });
                 }
@@ -96,11 +94,11 @@ impl Budget {
 
 impl Permit {
     /// Records the answer's status (None: no answer) and, for a 429, pauses every process
-    /// for `retry_after`. The recorded call time moves forward by the grant latency (the
+    /// for `retry_after`. The recorded call time moves forward by the grant's lag (the
     /// commit and the trip back), so it is no earlier than when the request really left:
     /// the server counts arrivals, and a call recorded too early would let the next window
     /// open too soon.
     pub async fn finish(self, status: Option<u16>, retry_after: Option<Duration>) -> Result<(), StoreError> {
-        self.store.finish_call(self.call_id, self.grant_latency, status, retry_after).await
+        self.store.finish_call(self.call_id, self.lag, status, retry_after).await
     }
 }
