@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::rate_window::RateWindow;
@@ -26,6 +26,12 @@ pub struct Budget {
     store: Store,
     windows: Arc<[RateWindow]>,
     in_flight: Arc<Semaphore>,
+    /// The one request of this process asking the ledger for a slot; the others queue here
+    /// in order. Without it every request waiting for a full window sleeps until the same
+    /// instant, wakes with the rest, and queues for the ledger lock only to be told to wait
+    /// again: one slot freeing up cost a transaction per waiting request, and the one that
+    /// got the slot went out late by however many of those ran before it.
+    asking: Arc<Mutex<()>>,
 }
 
 /// Why no slot was granted.
@@ -52,7 +58,12 @@ pub struct Permit {
 impl Budget {
     /// A budget over `windows` allowing `max_in_flight` concurrent requests.
     pub fn new(store: Store, windows: &[RateWindow], max_in_flight: usize) -> Budget {
-        Budget { store, windows: windows.into(), in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))) }
+        Budget {
+            store,
+            windows: windows.into(),
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            asking: Arc::new(Mutex::new(())),
+        }
     }
 
     /// The windows this budget enforces.
@@ -62,9 +73,12 @@ impl Budget {
 
     /// Waits for a slot in every window (and for any 429 pause), then records the call.
     /// Gives up with [`BudgetError::Exhausted`] when the slot would come after `deadline`.
+    /// Requests of one process take slots first come, first served; other processes
+    /// sharing the database compete through the ledger lock as before.
     pub async fn acquire(&self, endpoint: &str, deadline: Option<Instant>) -> Result<Permit, BudgetError> {
         let in_flight =
             self.in_flight.clone().acquire_owned().await.expect("the budget semaphore is never closed");
+        let _asking = self.asking.lock().await;
         loop {
             match self.store.take_slot(&self.windows, endpoint).await? {
                 Slot::Granted(grant) => {
