@@ -46,7 +46,12 @@ struct Scenario {
 /// 2 s ones), so on its own that pair never exercises the second window.
 const SCENARIOS: &[Scenario] = &[
     Scenario { name: "no latency", windows: "20/2s,200/20s", latency: Duration::ZERO, max_in_flight: 32 },
-    Scenario { name: "1 s latency", windows: "20/2s,200/20s", latency: Duration::from_secs(1), max_in_flight: 32 },
+    Scenario {
+        name: "1 s latency",
+        windows: "20/2s,200/20s",
+        latency: Duration::from_secs(1),
+        max_in_flight: 32,
+    },
     Scenario {
         name: "long window binds",
         windows: "20/2s,150/20s",
@@ -61,6 +66,8 @@ struct Outcome {
     achieved: u64,
     throttled: u64,
     peaks: Vec<WindowPeak>,
+    /// Median and worst [`lateness`], to tell a steady per-call overhead from a stall.
+    lateness: (Duration, Duration),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,13 +78,15 @@ fn main() -> anyhow::Result<()> {
         eprintln!("running {:?} for {:?} ...", scenario.name, SPAN);
         rows.push((scenario, runtime.block_on(run(scenario))?));
     }
-    println!("| scenario | windows | in flight | span | allowed max | achieved | share | 429s | peak per window |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| scenario | windows | in flight | span | allowed max | achieved | share | 429s | peak per window | lateness median / max |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (scenario, outcome) in rows {
         let peaks: Vec<String> =
             outcome.peaks.iter().map(|p| format!("{} in {}", p.max_accepted, p.window.label())).collect();
         println!(
-            "| {} | {} | {} | {} s | {} | {} | {:.1}% | {} | {} |",
+            "| {} | {} | {} | {} s | {} | {} | {:.1}% | {} | {} | {} / {} ms |",
             scenario.name,
             scenario.windows,
             scenario.max_in_flight,
@@ -87,6 +96,8 @@ fn main() -> anyhow::Result<()> {
             100.0 * outcome.achieved as f64 / outcome.allowed as f64,
             outcome.throttled,
             peaks.join(", "),
+            outcome.lateness.0.as_millis(),
+            outcome.lateness.1.as_millis(),
         );
     }
     println!("\ncommand: CARGO_TARGET_DIR=/work/main/target cargo bench --bench budget");
@@ -136,25 +147,56 @@ async fn run(scenario: &Scenario) -> anyhow::Result<Outcome> {
         report.elapsed.as_secs_f64()
     );
 
-    let achieved = accepted_between(&sim.request_log(), started_at, ends_at);
+    let arrivals = accepted_between(&sim.request_log(), started_at, ends_at);
     let stats = sim.stats();
     sim.shutdown().await?;
     Ok(Outcome {
         allowed: ideal_calls(&windows, SPAN),
-        achieved,
+        achieved: arrivals.len() as u64,
+        lateness: lateness(&windows, &arrivals),
         throttled: stats.throttled,
         peaks: stats.window_peaks,
     })
 }
 
-/// API calls the simulator accepted (counted against its windows) that arrived in
-/// `[from, to)`, the same half-open span the ideal sender is measured over.
-fn accepted_between(log: &[simulator::LoggedRequest], from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
-    log.iter()
+/// Arrival times, from `from`, of the API calls the simulator accepted (counted against its
+/// windows) in `[from, to)`, the same half-open span the ideal sender is measured over.
+fn accepted_between(
+    log: &[simulator::LoggedRequest],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<Duration> {
+    let mut arrivals: Vec<Duration> = log
+        .iter()
         .filter(|r| matches!(r.kind, EndpointKind::ById | EndpointKind::List))
         .filter(|r| r.status.is_some_and(|s| s != 429 && s != 401))
         .filter(|r| r.at >= from && r.at < to)
-        .count() as u64
+        .filter_map(|r| (r.at - from).to_std().ok())
+        .collect();
+    arrivals.sort();
+    arrivals
+}
+
+/// How long after the earliest instant the windows allowed it, given the calls before it,
+/// each call arrived (median, max). A shortfall is the sum of these along each chain of
+/// calls a window links (a call frees its slot one `per` after it arrives), so a small
+/// median with a large max points at stalls (CPU, disk) rather than at the budget's own
+/// per-call cost (the guard, the ledger's round trips and commit).
+fn lateness(windows: &[RateWindow], arrivals: &[Duration]) -> (Duration, Duration) {
+    let mut late: Vec<Duration> = arrivals
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, &at)| {
+            let earliest = windows
+                .iter()
+                .filter_map(|w| i.checked_sub(w.calls as usize).map(|j| arrivals[j] + w.per))
+                .fold(arrivals[i - 1], Duration::max);
+            at.saturating_sub(earliest)
+        })
+        .collect();
+    late.sort();
+    (late.get(late.len() / 2).copied().unwrap_or_default(), late.last().copied().unwrap_or_default())
 }
 
 /// The most calls any client could send in `[0, span)` from a cold start under `windows`,
