@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::rate_window::RateWindow;
@@ -26,6 +26,12 @@ pub struct Budget {
     store: Store,
     windows: Arc<[RateWindow]>,
     in_flight: Arc<Semaphore>,
+    /// The one request of this process asking the ledger for a slot; the others queue here
+    /// in order. Without it every request waiting for a full window sleeps until the same
+    /// instant, wakes with the rest, and queues for the ledger lock only to be told to wait
+    /// again: one slot freeing up cost a transaction per waiting request, and the one that
+    /// got the slot went out late by however many of those ran before it.
+    asking: Arc<Mutex<()>>,
 }
 
 /// Why no slot was granted.
@@ -43,16 +49,21 @@ pub enum BudgetError {
 pub struct Permit {
     store: Store,
     call_id: i64,
-    /// How long granting took, from the database clock reading to the return: the request
-    /// leaves at least this much later than its recorded time (see [`Permit::finish`]).
-    grant_latency: Duration,
+    /// How much later than its recorded time the request leaves, at least (see
+    /// [`Grant::lag`](crate::store::ledger::Grant::lag) and [`Permit::finish`]).
+    lag: Duration,
     _in_flight: OwnedSemaphorePermit,
 }
 
 impl Budget {
     /// A budget over `windows` allowing `max_in_flight` concurrent requests.
     pub fn new(store: Store, windows: &[RateWindow], max_in_flight: usize) -> Budget {
-        Budget { store, windows: windows.into(), in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))) }
+        Budget {
+            store,
+            windows: windows.into(),
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            asking: Arc::new(Mutex::new(())),
+        }
     }
 
     /// The windows this budget enforces.
@@ -62,18 +73,19 @@ impl Budget {
 
     /// Waits for a slot in every window (and for any 429 pause), then records the call.
     /// Gives up with [`BudgetError::Exhausted`] when the slot would come after `deadline`.
+    /// Requests of one process take slots first come, first served; other processes
+    /// sharing the database compete through the ledger lock as before.
     pub async fn acquire(&self, endpoint: &str, deadline: Option<Instant>) -> Result<Permit, BudgetError> {
         let in_flight =
             self.in_flight.clone().acquire_owned().await.expect("the budget semaphore is never closed");
+        let _asking = self.asking.lock().await;
         loop {
-            let asked = Instant::now();
             match self.store.take_slot(&self.windows, endpoint).await? {
-                Slot::Granted(call_id) => {
-                    let grant_latency = asked.elapsed();
+                Slot::Granted(grant) => {
                     return Ok(Permit {
                         store: self.store.clone(),
-                        call_id,
-                        grant_latency,
+                        call_id: grant.call_id,
+                        lag: grant.lag,
                         _in_flight: in_flight,
                     });
                 }
@@ -96,11 +108,11 @@ impl Budget {
 
 impl Permit {
     /// Records the answer's status (None: no answer) and, for a 429, pauses every process
-    /// for `retry_after`. The recorded call time moves forward by the grant latency (the
+    /// for `retry_after`. The recorded call time moves forward by the grant's lag (the
     /// commit and the trip back), so it is no earlier than when the request really left:
     /// the server counts arrivals, and a call recorded too early would let the next window
     /// open too soon.
     pub async fn finish(self, status: Option<u16>, retry_after: Option<Duration>) -> Result<(), StoreError> {
-        self.store.finish_call(self.call_id, self.grant_latency, status, retry_after).await
+        self.store.finish_call(self.call_id, self.lag, status, retry_after).await
     }
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::time::Instant;
 
 use super::{QueryContext, Store, StoreError, interval};
 use crate::rate_window::RateWindow;
@@ -17,10 +18,23 @@ const KEEP_LEDGER: &str = "7 days";
 /// The answer to a slot request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
-    /// The call is recorded under this id; send it now.
-    Granted(i64),
+    /// The call is recorded; send it now.
+    Granted(Grant),
     /// Every window is full or a 429 pause is on: ask again after this long.
     Wait(Duration),
+}
+
+/// A call recorded in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The ledger row, for [`Store::finish_call`].
+    pub call_id: i64,
+    /// From just before the database clock reading that timed the call to the commit's return:
+    /// the request leaves at least this much later than its recorded time. Measured from the
+    /// reading, not from the start of the transaction, so time spent queueing for the ledger
+    /// lock does not push the recorded time (and with it the next free slot) later than the
+    /// request really left.
+    pub lag: Duration,
 }
 
 /// Extra spacing added to every window: the API counts calls when they arrive, and the trip
@@ -73,16 +87,18 @@ impl Store {
             tx.rollback().await.during("ending a budget transaction")?;
             return Ok(Slot::Wait((until - now).to_std().unwrap_or_default()));
         }
+        // Timed by a fresh clock reading rather than `now`: every window that had room at
+        // `now` still has it, and the later the recorded time, the less it lags the send.
+        let reading = Instant::now();
         let call_id: i64 = sqlx::query_scalar(
-            "INSERT INTO api_calls (called_at, endpoint) VALUES ($1, $2) RETURNING call_id",
+            "INSERT INTO api_calls (called_at, endpoint) VALUES (clock_timestamp(), $1) RETURNING call_id",
         )
-        .bind(now)
         .bind(endpoint)
         .fetch_one(&mut *tx)
         .await
         .during("recording an API call in the ledger")?;
         tx.commit().await.during("committing an API call to the ledger")?;
-        Ok(Slot::Granted(call_id))
+        Ok(Slot::Granted(Grant { call_id, lag: reading.elapsed() }))
     }
 
     /// Records a call's HTTP status (None: no answer), moves its time `sent_later` forward

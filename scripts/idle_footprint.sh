@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Footprint of an idle `scan-agent-sync run` tracking 1,000 agents (issue 4, "Benchmark").
+#
+# Starts the bundled simulator as its own process, a fresh database, and the daemon with a
+# cron that fires only at the next new year, so after the first cycle (run at start) the
+# daemon is idle the way it is between real cycles: leadership, alert timers, the HTTP
+# endpoints and the scheduler still run. Once that cycle is recorded, it samples the
+# daemon's resident memory (VmRSS) every second and its CPU time (utime + stime) over the
+# span. Everything it starts is stopped and dropped on exit, however it exits.
+#
+# Usage: scripts/idle_footprint.sh            (IDLE_SECONDS=60 by default, at least 60)
+# Needs: cargo, curl, python3, psql, and PostgreSQL at DATABASE_URL (default
+# postgres://postgres@127.0.0.1:5432/postgres) where this user may CREATE DATABASE.
+# Honours CARGO_TARGET_DIR for where the release binary is built.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+idle_seconds=${IDLE_SECONDS:-60}
+agents=1000
+admin_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+binary=$target_dir/release/scan-agent-sync
+
+if ((idle_seconds < 60)); then
+    echo "IDLE_SECONDS must be at least 60 (the issue's measurement span)" >&2
+    exit 64
+fi
+
+work=$(mktemp -d)
+database=sas_idle_$(date +%s)_$$
+sim_pid=""
+daemon_pid=""
+db_created=""
+
+cleanup() {
+    local status=$?
+    for pid in "$daemon_pid" "$sim_pid"; do
+        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+    if [[ -n $db_created ]]; then
+        psql "$admin_url" -qAtc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null || true
+    fi
+    if ((status != 0)); then
+        echo "failed; logs kept in $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+
+# A port nobody listens on now; the kernel picks it.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+echo "building the release binary ..." >&2
+(cd "$repo" && cargo build --release --quiet --bin scan-agent-sync)
+# A private copy: a shared CARGO_TARGET_DIR may get another checkout's build meanwhile.
+cp "$binary" "$work/scan-agent-sync"
+binary=$work/scan-agent-sync
+
+sim_port=$(free_port)
+sim=http://127.0.0.1:$sim_port
+# A frozen fleet (no evolution) and the real service's default windows.
+"$binary" simulate --listen "127.0.0.1:$sim_port" --agents "$agents" --evolve-every 0s \
+    >"$work/simulator.log" 2>&1 &
+sim_pid=$!
+# Any HTTP answer (a 404 for `/`) means it is listening.
+for _ in $(seq 100); do
+    if curl -s -o /dev/null "$sim/"; then break; fi
+    sleep 0.1
+done
+
+# The tracked IDs, as an operator would get them: a token, then every page of the list.
+# These ten calls count against the simulator's 100/1m window, not the daemon's ledger;
+# the daemon's own cycle needs ten more, well inside it.
+python3 - "$sim" >"$work/agents.txt" <<'PY'
+import json, sys, urllib.parse, urllib.request
+
+base = sys.argv[1]
+form = urllib.parse.urlencode({
+    "grant_type": "client_credentials", "client_id": "sim-client",
+    "client_secret": "sim-secret", "scope": base + "/.default",
+}).encode()
+with urllib.request.urlopen(base + "/sim-tenant/oauth2/v2.0/token", form) as answer:
+    token = json.load(answer)["access_token"]
+url = base + "/api/DeviceAuthenticatedScanAgents"
+while url:
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer " + token})
+    with urllib.request.urlopen(request) as answer:
+        page = json.load(answer)
+    for agent in page["value"]:
+        print(agent["id"])
+    url = page.get("@odata.nextLink")
+PY
+tracked=$(wc -l <"$work/agents.txt")
+if ((tracked != agents)); then
+    echo "the simulator listed $tracked agents, expected $agents" >&2
+    exit 1
+fi
+
+psql "$admin_url" -qAtc "CREATE DATABASE \"$database\"" >/dev/null
+db_created=1
+database_url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' \
+    "$admin_url" "$database")
+
+http_port=$(free_port)
+cat >"$work/config.toml" <<TOML
+[defender]
+api_base_url = "$sim"
+token_url = "$sim/sim-tenant/oauth2/v2.0/token"
+scope = "$sim/.default"
+tenant_id = "sim-tenant"
+client_id = "sim-client"
+# One list of ten pages instead of 1,000 by-ID calls: the default windows allow 100/min.
+fetch_mode = "list"
+
+[agents]
+ids_file = "$work/agents.txt"
+
+[schedule]
+# Seconds first: midnight on January 1st. The first cycle runs at start; no other
+# falls inside the measurement.
+cron = "0 0 0 1 1 *"
+
+[database]
+url = "$database_url"
+
+[http]
+listen = "127.0.0.1:$http_port"
+TOML
+
+SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET=sim-secret \
+    "$binary" run --config "$work/config.toml" >"$work/daemon.log" 2>&1 &
+daemon_pid=$!
+
+# The first cycle is done when its run is recorded as finished.
+finished=""
+for _ in $(seq 600); do
+    if ! kill -0 "$daemon_pid" 2>/dev/null; then
+        echo "the daemon exited; its log:" >&2
+        cat "$work/daemon.log" >&2
+        exit 1
+    fi
+    finished=$(psql "$database_url" -qAtc \
+        "SELECT status || ' ' || agents_fetched FROM sync_runs WHERE finished_at IS NOT NULL LIMIT 1" \
+        2>/dev/null || true)
+    [[ -n $finished ]] && break
+    sleep 0.1
+done
+if [[ -z $finished ]]; then
+    echo "no finished sync run after 60 s; daemon log in $work/daemon.log" >&2
+    exit 1
+fi
+read -r run_status run_fetched <<<"$finished"
+echo "first cycle: $run_status, $run_fetched agents fetched; sampling for ${idle_seconds}s ..." >&2
+
+# utime + stime in clock ticks: fields 14 and 15 of /proc/PID/stat, counted after the
+# command name, which is in parentheses.
+cpu_ticks() {
+    local stat
+    stat=$(<"/proc/$daemon_pid/stat")
+    stat=${stat##*) }
+    read -r -a fields <<<"$stat"
+    echo $((fields[11] + fields[12]))
+}
+rss_kib() {
+    awk '/^VmRSS:/ { print $2 }' "/proc/$daemon_pid/status"
+}
+
+ticks_per_second=$(getconf CLK_TCK)
+start_ticks=$(cpu_ticks)
+start_ns=$(date +%s%N)
+rss_start=$(rss_kib)
+rss_max=$rss_start
+for ((i = 0; i < idle_seconds; i++)); do
+    sleep 1
+    rss=$(rss_kib)
+    if ((rss > rss_max)); then rss_max=$rss; fi
+done
+end_ticks=$(cpu_ticks)
+end_ns=$(date +%s%N)
+rss_final=$(rss_kib)
+runs=$(psql "$database_url" -qAtc "SELECT count(*) FROM sync_runs")
+
+python3 - "$rss_start" "$rss_max" "$rss_final" "$start_ticks" "$end_ticks" "$ticks_per_second" \
+    "$start_ns" "$end_ns" "$agents" "$runs" <<'PY'
+import sys
+
+rss_start, rss_max, rss_final, t0, t1, hz, ns0, ns1, agents, runs = map(int, sys.argv[1:])
+wall = (ns1 - ns0) / 1e9
+cpu = (t1 - t0) / hz
+mib = lambda kib: kib / 1024
+# The target is 25 MB (decimal), 23.8 MiB.
+within = lambda kib: "met" if kib * 1024 <= 25e6 else "MISSED"
+share = 100 * cpu / wall
+print(f"| measure | value | target | verdict |")
+print(f"|---|---|---|---|")
+print(f"| agents tracked | {agents} | | |")
+print(f"| idle span | {wall:.1f} s ({runs} sync run(s) in total) | ≥ 60 s | |")
+print(f"| RSS at start of span | {mib(rss_start):.1f} MiB | | |")
+print(f"| RSS max | {mib(rss_max):.1f} MiB | ≤ 25 MB | {within(rss_max)} |")
+print(f"| RSS final | {mib(rss_final):.1f} MiB | ≤ 25 MB | {within(rss_final)} |")
+print(f"| CPU (utime+stime / wall) | {cpu:.2f} s / {wall:.1f} s = {share:.3f}% of one core | < 0.5% | {'met' if share < 0.5 else 'MISSED'} |")
+PY
+echo
+echo "command: CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target} scripts/idle_footprint.sh (IDLE_SECONDS=$idle_seconds)"
