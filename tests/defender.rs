@@ -60,14 +60,7 @@ fn id(text: &str) -> AgentId {
 
 /// A small frozen fleet, so every request sees the same agents.
 fn sim_options() -> SimulatorOptions {
-    SimulatorOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        agents: 5,
-        evolve_every: Duration::ZERO,
-        silent_share: 0.0,
-        deleted_share: 0.0,
-        ..SimulatorOptions::default()
-    }
+    SimulatorOptions::frozen(5)
 }
 
 async fn sim_client(options: SimulatorOptions) -> (SimulatorHandle, DefenderClient) {

@@ -25,14 +25,7 @@ const SEGMENT: &AsciiSet = &CONTROLS
 
 /// A small frozen fleet: nothing evolves, nobody goes silent or vanishes unless a test asks.
 fn options() -> SimulatorOptions {
-    SimulatorOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        agents: 5,
-        evolve_every: Duration::ZERO,
-        silent_share: 0.0,
-        deleted_share: 0.0,
-        ..SimulatorOptions::default()
-    }
+    SimulatorOptions::frozen(5)
 }
 
 /// A running simulator with a client that already holds a token.

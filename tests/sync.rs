@@ -14,15 +14,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 
 async fn sim(agents: usize) -> SimulatorHandle {
-    simulator::start(SimulatorOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        agents,
-        page_size: 10,
-        evolve_every: Duration::ZERO,
-        ..SimulatorOptions::default()
-    })
-    .await
-    .unwrap()
+    simulator::start(SimulatorOptions { page_size: 10, ..SimulatorOptions::frozen(agents) }).await.unwrap()
 }
 
 fn config(sim: &SimulatorHandle, mode: &str, windows: &str) -> Settings {

@@ -122,6 +122,21 @@ impl Default for SimulatorOptions {
     }
 }
 
+impl SimulatorOptions {
+    /// `agents` agents that never change unless a test changes them (no evolution, nobody
+    /// silent or deleted), on a free loopback port: what tests and benchmarks start from.
+    pub fn frozen(agents: usize) -> Self {
+        SimulatorOptions {
+            listen: "127.0.0.1:0".parse().expect("a literal address"),
+            agents,
+            evolve_every: Duration::ZERO,
+            silent_share: 0.0,
+            deleted_share: 0.0,
+            ..SimulatorOptions::default()
+        }
+    }
+}
+
 /// The flag group as a command of its own, so it can be parsed without the real CLI.
 #[derive(Parser)]
 struct Flags {
