@@ -253,20 +253,25 @@ async fn a_crash_before_delivery_loses_nothing() {
     assert_eq!(bodies(&server).await.len(), 1);
 }
 
-#[tokio::test]
-async fn alertmanager_body_field_by_field() {
+/// The bodies sent for one episode of agent `a1`: stale at 61 s (sent at 70 s), seen again
+/// at 100 s, resolved at 120 s (sent at 125 s).
+async fn fired_then_resolved(format: AlertFormat) -> Vec<Value> {
     let store = support::fresh_store().await;
     let (server, url) = webhook().await;
     accept_all(&server).await;
-    let alerts = settings(Some(url), AlertFormat::Alertmanager, 0);
+    let alerts = settings(Some(url), format, 0);
     seen(&store, "a1", 0).await;
     evaluate(&store, &stale(), &alerts, at(61)).await.unwrap();
     deliver(&store, &alerts, 70).await;
     seen(&store, "a1", 100).await;
     evaluate(&store, &stale(), &alerts, at(120)).await.unwrap();
     deliver(&store, &alerts, 125).await;
+    bodies(&server).await
+}
 
-    let sent = bodies(&server).await;
+#[tokio::test]
+async fn alertmanager_body_field_by_field() {
+    let sent = fired_then_resolved(AlertFormat::Alertmanager).await;
     let labels = json!({
         "alertname": "ScanAgentStale",
         "agent_id": "a1",
@@ -306,18 +311,7 @@ async fn alertmanager_end_time_covers_two_repeats() {
 
 #[tokio::test]
 async fn json_body_field_by_field() {
-    let store = support::fresh_store().await;
-    let (server, url) = webhook().await;
-    accept_all(&server).await;
-    let alerts = settings(Some(url), AlertFormat::Json, 0);
-    seen(&store, "a1", 0).await;
-    evaluate(&store, &stale(), &alerts, at(61)).await.unwrap();
-    deliver(&store, &alerts, 70).await;
-    seen(&store, "a1", 100).await;
-    evaluate(&store, &stale(), &alerts, at(120)).await.unwrap();
-    deliver(&store, &alerts, 125).await;
-
-    let sent = bodies(&server).await;
+    let sent = fired_then_resolved(AlertFormat::Json).await;
     assert_eq!(
         sent[0],
         json!({
