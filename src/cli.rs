@@ -127,6 +127,9 @@ impl Globals {
     pub fn configure(&self) -> Result<Settings, ConfigError> {
         let settings = Settings::load(&self.config)?;
         self.init_telemetry(&settings.log)?;
+        for warning in &settings.warnings {
+            tracing::warn!("{warning}");
+        }
         Ok(settings)
     }
 

@@ -10,6 +10,7 @@ mod agents;
 mod de;
 mod defender;
 mod error;
+mod exposure;
 mod show;
 mod url;
 
@@ -25,8 +26,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use self::agents::AgentsSettings;
 pub use self::defender::{Cloud, DefenderSettings, FetchMode};
 pub use self::error::{ConfigError, ConfigProblem};
-use self::url::check_http_url;
 pub(crate) use self::url::redact_url;
+use self::url::{PlainHttp, check_http_url};
 use crate::rate_window::RateWindow;
 
 /// Prefix of the environment variables that override keys; `__` separates section and key.
@@ -56,6 +57,9 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Log output.
     pub log: LogSettings,
+    /// Problems worth an operator's attention that do not stop the service, such as a
+    /// password in a config file every local user may read; logged once logging starts.
+    pub warnings: Vec<String>,
 }
 
 /// The API budget: every window holds in any interval of its length.
@@ -248,12 +252,14 @@ impl Settings {
             )
             .at(path.display())
         })?;
-        Self::parse(&text, env).map_err(|error| {
+        let mut settings = Self::parse(&text, env).map_err(|error| {
             error.attribute(|key| match key {
                 Some(key) => source_of(key, path, env),
                 None => path.display().to_string(),
             })
-        })
+        })?;
+        settings.warnings.extend(exposure::config_file_warning(path, &text));
+        Ok(settings)
     }
 
     /// Builds the settings from the file's text and the environment.
@@ -299,9 +305,18 @@ impl Settings {
                 Some(alerts),
                 Some(http),
                 Some(log),
-            ) if problems.is_empty() => {
-                Ok(Settings { defender, rate_limit, agents, schedule, database, stale, alerts, http, log })
-            }
+            ) if problems.is_empty() => Ok(Settings {
+                defender,
+                rate_limit,
+                agents,
+                schedule,
+                database,
+                stale,
+                alerts,
+                http,
+                log,
+                warnings: Vec::new(),
+            }),
             _ => Err(ConfigError::new(problems)),
         }
     }
@@ -532,7 +547,10 @@ impl Finish for AlertSettings {
     type Output = Self;
 
     fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self {
-        if let Some(Err(problem)) = self.webhook_url.as_deref().map(check_http_url) {
+        // Alerts carry no secret, and Alertmanager commonly listens on plain http in-cluster.
+        if let Some(Err(problem)) =
+            self.webhook_url.as_deref().map(|url| check_http_url(url, PlainHttp::Allowed))
+        {
             problems.push(ConfigProblem::new(
                 "alerts.webhook_url",
                 problem,

@@ -39,12 +39,8 @@ impl Run {
 
 /// The binary with none of the caller's overrides, no stdin, and `envs` set.
 fn run(args: &[&str], envs: &[(&str, &str)]) -> Run {
-    let output = support::binary()
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the binary");
+    let output =
+        support::output(support::binary().args(args).envs(envs.iter().copied()).stdin(Stdio::null()));
     Run {
         code: output.status.code().expect("the binary exits rather than being killed"),
         stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,6 +41,13 @@ impl Case {
     fn file(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, contents).expect("write test file");
+        path
+    }
+
+    /// Writes a secret file only its owner may read, as the product requires.
+    fn secret_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.file(name, contents);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
         path
     }
 
@@ -374,6 +382,26 @@ fn upstream_urls_must_be_absolute_http() {
 }
 
 #[test]
+fn upstream_urls_must_be_https_unless_loopback_or_allowed() {
+    let remote_http = "[defender]\napi_base_url = \"http://defender-proxy.example:8080\"\n\
+                       token_url = \"http://login.example/{tenant_id}/token\"";
+    let message = Case::new().reject(&with(remote_http));
+    assert_mentions(
+        &message,
+        &["`defender.api_base_url`", "`defender.token_url`", "unencrypted", "allow_insecure_http"],
+    );
+
+    let allowed = Case::new().settings(&with(&format!("{remote_http}\nallow_insecure_http = true")));
+    assert_eq!(allowed.defender.api_base_url, "http://defender-proxy.example:8080");
+    assert!(allowed.redacted().contains("allow_insecure_http = true"));
+
+    // Alerts carry no secret: an in-cluster Alertmanager on plain http is fine.
+    let webhook = Case::new()
+        .settings(&with("[alerts]\nwebhook_url = \"http://alertmanager.example:9093/api/v2/alerts\""));
+    assert_eq!(webhook.alerts.webhook_url.as_deref(), Some("http://alertmanager.example:9093/api/v2/alerts"));
+}
+
+#[test]
 fn listen_address_must_be_ip_and_port() {
     let message = Case::new().reject(&with("[http]\nlisten = \"localhost:9464\""));
     assert_mentions(&message, &["`http.listen`", "127.0.0.1:9464"]);
@@ -437,10 +465,10 @@ fn redacted_output_hides_secrets_and_loads_again() {
 #[test]
 fn client_secret_resolution_order() {
     let case = Case::new();
-    let file = case.file("secret", "from-file\r\n");
+    let file = case.secret_file("secret", "from-file\r\n");
+    std::fs::create_dir(case.dir.path().join("credentials")).unwrap();
+    case.secret_file("credentials/client_secret", "from-credentials\n");
     let credentials = case.dir.path().join("credentials");
-    std::fs::create_dir(&credentials).unwrap();
-    std::fs::write(credentials.join("client_secret"), "from-credentials\n").unwrap();
     let credentials = credentials.display().to_string();
     let file_key = format!("[defender]\nclient_secret_file = {:?}", file.display().to_string());
 
@@ -467,6 +495,43 @@ fn client_secret_resolution_order() {
         &message,
         &["`defender.client_secret_file`", "LoadCredential", "SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET"],
     );
+}
+
+#[test]
+fn secret_files_every_user_may_read_are_refused() {
+    let case = Case::new();
+    let file = case.file("secret", "s3cret-in-the-open\n");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let settings =
+        case.settings(&with(&format!("[defender]\nclient_secret_file = {:?}", file.display().to_string())));
+    let message = settings.defender.client_secret().unwrap_err().to_string();
+    assert_mentions(
+        &message,
+        &["`defender.client_secret_file`", &file.display().to_string(), "every local user", "chmod 600"],
+    );
+    assert!(!message.contains("s3cret-in-the-open"), "{message}");
+
+    std::fs::create_dir(case.dir.path().join("credentials")).unwrap();
+    let credential = case.file("credentials/client_secret", "s3cret-in-the-open\n");
+    std::fs::set_permissions(&credential, std::fs::Permissions::from_mode(0o604)).unwrap();
+    let from_systemd =
+        Case::new().env("CREDENTIALS_DIRECTORY", case.dir.path().join("credentials").to_str().unwrap());
+    let message = from_systemd.settings(MINIMAL).defender.client_secret().unwrap_err().to_string();
+    assert_mentions(&message, &["systemd credential", "every local user", "LoadCredential"]);
+}
+
+#[test]
+fn a_password_in_a_config_file_every_user_may_read_is_warned_about() {
+    let case = Case::new();
+    let path = case.file("config.toml", MINIMAL);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let settings = Settings::load_with_env(&path, &case.env).unwrap();
+    assert_eq!(settings.warnings.len(), 1, "{:?}", settings.warnings);
+    assert_mentions(&settings.warnings[0], &[&path.display().to_string(), "~/.pgpass", "chmod 640"]);
+    assert!(!settings.warnings[0].contains("db-hunter2"), "{}", settings.warnings[0]);
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(Settings::load_with_env(&path, &case.env).unwrap().warnings, Vec::<String>::new());
 }
 
 #[test]
@@ -500,7 +565,7 @@ fn api_credentials_are_required_only_on_request() {
 #[test]
 fn example_file_loads() {
     let case = Case::new();
-    let secret = case.file("client_secret", "example-secret\n");
+    let secret = case.secret_file("client_secret", "example-secret\n");
     let ids =
         case.file("agents.txt", "47df41a0c-asad-4fd6d3-bbea-a93dbc0bfcaa_4edd75b2407a5b64d704b4e53d74f15\n");
     let case = case

@@ -2,15 +2,15 @@
 //! secret lives.
 
 use std::collections::HashMap;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ConfigError, ConfigProblem};
-use super::url::check_http_url;
+use super::exposure::read_secret;
+use super::url::{PlainHttp, check_http_url};
 use super::{Finish, de};
 
 /// The environment variable that may carry the client secret. It is taken out of the
@@ -107,6 +107,8 @@ pub struct DefenderSettings {
     pub fetch_mode: FetchMode,
     /// Retries of one request after transient failures.
     pub max_retries: u32,
+    /// Whether the URLs may be plain `http://` to hosts other than loopback.
+    pub allow_insecure_http: bool,
     /// `SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET`, captured at load.
     env_secret: Option<SecretString>,
     /// `$CREDENTIALS_DIRECTORY`, captured at load so tests can inject it.
@@ -125,9 +127,8 @@ impl DefenderSettings {
             return read_secret(path).map_err(|error| {
                 let problem = ConfigProblem::new(
                     "defender.client_secret_file",
-                    format!("cannot read the client secret from {}: {error}", path.display()),
-                    "check the path and that this user may read the file, or see the other ways: ".to_owned()
-                        + SECRET_FIX,
+                    format!("cannot use the client secret in {}: {error}", path.display()),
+                    format!("{}; or see the other ways: {SECRET_FIX}", error.fix(path)),
                 );
                 problem.at(path.display()).into()
             });
@@ -137,11 +138,11 @@ impl DefenderSettings {
             match read_secret(&path) {
                 Ok(secret) => return Ok(secret),
                 // systemd sets the directory for any credential; this one may simply not be among them.
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) if error.is_not_found() => {}
                 Err(error) => {
                     let problem = ConfigProblem::unkeyed(
-                        format!("cannot read the systemd credential {}: {error}", path.display()),
-                        "check LoadCredential=client_secret:PATH in the unit and the source file's permissions",
+                        format!("cannot use the systemd credential {}: {error}", path.display()),
+                        format!("{}; check LoadCredential=client_secret:PATH in the unit", error.fix(&path)),
                     );
                     return Err(problem.at(path.display()).into());
                 }
@@ -190,16 +191,6 @@ impl DefenderSettings {
     }
 }
 
-/// Reads a secret file, dropping the trailing newline editors and `echo` add.
-fn read_secret(path: &Path) -> io::Result<SecretString> {
-    let text = std::fs::read_to_string(path)?;
-    let secret = text.trim_end_matches(['\r', '\n']);
-    if secret.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "the file is empty"));
-    }
-    Ok(SecretString::from(secret))
-}
-
 /// `[defender]` as written; URLs are optional here because their defaults depend on `cloud`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -218,6 +209,7 @@ pub(crate) struct RawDefender {
     #[serde(deserialize_with = "de::variant")]
     fetch_mode: FetchMode,
     max_retries: u32,
+    allow_insecure_http: bool,
 }
 
 impl Default for RawDefender {
@@ -233,6 +225,7 @@ impl Default for RawDefender {
             request_timeout: Duration::from_secs(30),
             fetch_mode: FetchMode::default(),
             max_retries: 5,
+            allow_insecure_http: false,
         }
     }
 }
@@ -251,14 +244,17 @@ impl Finish for RawDefender {
                 "copy the Directory (tenant) ID from the app registration's overview page",
             ));
         }
+        let plain_http = if self.allow_insecure_http { PlainHttp::Allowed } else { PlainHttp::LoopbackOnly };
         for (key, value) in
             [("defender.api_base_url", &self.api_base_url), ("defender.token_url", &self.token_url)]
         {
-            if let Some(Err(problem)) = value.as_deref().map(check_http_url) {
+            if let Some(Err(problem)) = value.as_deref().map(|url| check_http_url(url, plain_http)) {
                 problems.push(ConfigProblem::new(
                     key,
                     problem,
-                    "write an absolute URL such as https://api.security.microsoft.com, or remove the key to use the cloud's default",
+                    "write an absolute https:// URL such as https://api.security.microsoft.com, or remove the key \
+                     to use the cloud's default (plain http:// is accepted for loopback hosts, or anywhere with \
+                     defender.allow_insecure_http = true, e.g. behind a TLS-terminating proxy you trust)",
                 ));
             }
         }
@@ -292,6 +288,7 @@ impl Finish for RawDefender {
             request_timeout: self.request_timeout,
             fetch_mode: self.fetch_mode,
             max_retries: self.max_retries,
+            allow_insecure_http: self.allow_insecure_http,
             env_secret: env.get(CLIENT_SECRET_VAR).map(|secret| SecretString::from(secret.as_str())),
             credentials_directory: env
                 .get(CREDENTIALS_DIRECTORY_VAR)

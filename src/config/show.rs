@@ -29,6 +29,7 @@ impl Settings {
             ("request_timeout", Some(toml_duration(defender.request_timeout))),
             ("fetch_mode", Some(toml_value(&defender.fetch_mode))),
             ("max_retries", Some(defender.max_retries.to_string())),
+            ("allow_insecure_http", Some(defender.allow_insecure_http.to_string())),
         ];
         if defender.has_env_secret() {
             defender_entries.push(("client_secret", Some(toml_value(REDACTED))));

@@ -287,16 +287,17 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        super::keep_log("daemon", &log);
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             eprintln!("--- last lines of {}:", self.log_path.display());
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod daemon;
 pub mod exposition;
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -34,6 +35,35 @@ pub fn binary() -> std::process::Command {
         }
     }
     command
+}
+
+/// Where every test keeps what the product logged, so `tests/secrets_in_logs.rs` can scan the
+/// whole suite's output for secrets afterwards (`.ci/run` empties it before the suite).
+pub fn kept_logs_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-logs")
+}
+
+/// Keeps `text`, something the product logged or printed, for the secrets scan. Best effort:
+/// a test never fails for want of disk space here, the scan fails if too little was kept.
+pub fn keep_log(label: &str, text: &str) {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.file_stem()?.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let dir = kept_logs_dir();
+    let name =
+        format!("{binary}-{}-{}-{label}.log", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let _ = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(name), text));
+}
+
+/// Runs `command` to completion like [`std::process::Command::output`], keeping what it
+/// printed for the secrets scan.
+pub fn output(command: &mut std::process::Command) -> std::process::Output {
+    let output = command.output().expect("running the scan-agent-sync binary");
+    let printed = [&output.stdout[..], &output.stderr[..]].concat();
+    keep_log("output", &String::from_utf8_lossy(&printed));
+    output
 }
 
 /// Test databases older than this are left over from killed runs and are dropped.
@@ -136,16 +166,28 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Captures logs while alive; keeps what was captured for the secrets scan when dropped.
+pub struct CaptureGuard {
+    _default: tracing::subscriber::DefaultGuard,
+    captured: Captured,
+}
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        keep_log("captured", &self.captured.text());
+    }
+}
+
 impl Captured {
     /// Captures everything at `level` and above until the guard drops.
-    pub fn install(&self, level: tracing::Level) -> tracing::subscriber::DefaultGuard {
+    pub fn install(&self, level: tracing::Level) -> CaptureGuard {
         let writer = self.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .with_max_level(level)
             .finish();
-        tracing::subscriber::set_default(subscriber)
+        CaptureGuard { _default: tracing::subscriber::set_default(subscriber), captured: self.clone() }
     }
 
     /// Everything captured so far.
