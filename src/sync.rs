@@ -94,6 +94,31 @@ struct Fetched {
     list_pages: Option<u32>,
 }
 
+/// At least this many by-ID answers, all 404, are taken for a wrong URL rather than news.
+const UNANIMOUS_NOT_FOUND: usize = 2;
+
+impl Fetched {
+    /// When every by-ID answer was 404, a wrong `defender.api_base_url` (a path the API does
+    /// not serve answers 404 too) is likelier than every agent deleted at once, and marking the
+    /// whole fleet missing would page on-call for each agent. So nothing is marked missing and
+    /// the cycle fails, saying what to check; agents really deleted still turn stale by
+    /// `lastSeen`.
+    fn distrust_unanimous_not_found(mut self) -> Self {
+        let answered = self.records.len() + self.missing.len();
+        if self.records.is_empty() && answered >= UNANIMOUS_NOT_FOUND {
+            let error = format!(
+                "all {answered} agents asked for answered 404 Not Found, so none was marked missing: check \
+                 defender.api_base_url (a wrong host or path answers 404 too); if the agents really were \
+                 removed from Defender, remove them from agents.ids / agents.ids_file"
+            );
+            tracing::error!("{error}");
+            self.failures.push(Failure { subject: "by-id fetch".into(), error });
+            self.missing.clear();
+        }
+        self
+    }
+}
+
 impl Syncer {
     /// The cycle machinery for `settings`: budget, client (reading the client secret) and
     /// fetch mode.
@@ -136,7 +161,7 @@ impl Syncer {
 
         let fetched = match mode {
             FetchMode::List => self.fetch_list(&ids, targets.track_all, options).await?,
-            _ => self.fetch_by_id(ids, options).await,
+            _ => self.fetch_by_id(ids, options).await.distrust_unanimous_not_found(),
         };
         let fetched_count = fetched.records.len();
         let missing_count = fetched.missing.len();

@@ -71,6 +71,33 @@ async fn by_id_cycle_fetches_every_agent_and_records_the_run() {
     assert!(sim.stats().throttled == 0);
 }
 
+/// A wrong `api_base_url` answers 404 for every agent, like a fleet deleted at once: the cycle
+/// fails and marks nothing missing, while one real 404 among answers still counts.
+#[tokio::test]
+async fn every_agent_answering_404_marks_nothing_missing_and_fails_the_cycle() {
+    let sim = sim(6).await;
+    let pool = support::fresh_pool().await;
+    let settings = config(&sim, "by-id", DEFENDER_WINDOWS);
+    let targets = Targets { ids: ids(&sim), track_all: false };
+    syncer(&settings, &pool).run_cycle(&targets, &CycleOptions::default()).await.unwrap();
+
+    let mut wrong_path = settings.clone();
+    wrong_path.defender.api_base_url.push_str("/v2");
+    let report = syncer(&wrong_path, &pool).run_cycle(&targets, &CycleOptions::default()).await.unwrap();
+    assert_eq!((report.status, report.missing, report.exit_code()), (RunStatus::Failed, 0, 1), "{report}");
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents WHERE missing_since IS NULL").await, 6);
+    let error: String = sqlx::query_scalar("SELECT error FROM sync_runs ORDER BY run_id DESC LIMIT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(error.contains("all 6 agents") && error.contains("defender.api_base_url"), "{error}");
+
+    let one_gone =
+        Targets { ids: [ids(&sim), vec![AgentId::parse("deleted-agent").unwrap()]].concat(), ..targets };
+    let report = syncer(&settings, &pool).run_cycle(&one_gone, &CycleOptions::default()).await.unwrap();
+    assert_eq!((report.status, report.missing), (RunStatus::Ok, 1), "{report}");
+}
+
 #[tokio::test]
 async fn list_mode_keeps_configured_agents_and_marks_absent_ones_missing() {
     let sim = sim(25).await;
