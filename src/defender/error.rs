@@ -65,10 +65,14 @@ pub enum ApiError {
     /// The response body exceeded what a sane answer can be.
     #[error(
         "the {endpoint} sent a response body larger than {}; it was refused without reading the \
-         rest. Something other than the service may be answering (check defender.api_base_url, \
-         defender.token_url and proxies); if the list endpoint really pages this large, set \
-         defender.fetch_mode = \"by-id\"",
-        size(*limit)
+         rest. Something other than the service may be answering: check defender.api_base_url, \
+         defender.token_url and proxies{}",
+        size(*limit),
+        if *endpoint == super::LIST_ENDPOINT {
+            "; if the list really pages this large, set defender.fetch_mode = \"by-id\""
+        } else {
+            ""
+        }
     )]
     BodyTooLarge { endpoint: &'static str, limit: usize },
     /// A 2xx body that is not JSON, under a label that says so: not the API answering.
@@ -340,6 +344,10 @@ mod tests {
         assert_eq!(size(64 * 1024), "64 KiB");
         assert_eq!(size(1000), "1000 bytes");
         let error = ApiError::BodyTooLarge { endpoint: "Entra ID token endpoint", limit: 64 * 1024 };
-        assert!(error.to_string().starts_with("the Entra ID token endpoint sent a response body larger than 64 KiB"));
+        assert!(
+            error
+                .to_string()
+                .starts_with("the Entra ID token endpoint sent a response body larger than 64 KiB")
+        );
     }
 }

@@ -56,6 +56,10 @@ const BY_ID_BODY_LIMIT: usize = 1024 * 1024;
 /// tree several times its size) stays far from exhausting the service's memory.
 const LIST_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
+/// The list endpoint as errors name it; an oversized answer from it has a workaround of its own.
+pub(crate) const LIST_ENDPOINT: &str =
+    "Defender API's list endpoint (GET /api/DeviceAuthenticatedScanAgents)";
+
 /// Error bodies only carry a code and a message; a larger one is a gateway page, not read.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
@@ -92,7 +96,7 @@ impl Endpoint {
     fn describe(self) -> &'static str {
         match self {
             Endpoint::ById => "Defender API's by-ID endpoint (GET /api/DeviceAuthenticatedScanAgents/{id})",
-            Endpoint::List => "Defender API's list endpoint (GET /api/DeviceAuthenticatedScanAgents)",
+            Endpoint::List => LIST_ENDPOINT,
         }
     }
 

@@ -123,7 +123,10 @@ mod tests {
         let mut injector = FaultInjector::new(faults, 7);
         let draws: Vec<Fault> = (0..10_000).map(|_| injector.draw()).collect();
         assert!((shares(&draws, |d| matches!(d, Fault::ServerError(_))) - 0.2).abs() < 0.02);
-        assert!((shares(&draws, |d| *d == Fault::ServerError(StatusCode::SERVICE_UNAVAILABLE)) - 0.1).abs() < 0.02);
+        assert!(
+            (shares(&draws, |d| *d == Fault::ServerError(StatusCode::SERVICE_UNAVAILABLE)) - 0.1).abs()
+                < 0.02
+        );
         assert!((shares(&draws, |d| *d == Fault::Malformed) - 0.1).abs() < 0.02);
         assert!((shares(&draws, |d| *d == Fault::Reset) - 0.1).abs() < 0.02);
         assert!((shares(&draws, |d| *d == Fault::Throttled) - 0.1).abs() < 0.02);
@@ -133,7 +136,8 @@ mod tests {
 
     #[test]
     fn token_faults_have_their_own_shares() {
-        let faults = Faults { token_error_rate: 0.3, token_refusal_rate: 0.2, error_rate: 1.0, ..Faults::default() };
+        let faults =
+            Faults { token_error_rate: 0.3, token_refusal_rate: 0.2, error_rate: 1.0, ..Faults::default() };
         let mut injector = FaultInjector::new(faults, 7);
         let draws: Vec<TokenFault> = (0..10_000).map(|_| injector.draw_token()).collect();
         assert!((shares(&draws, |d| *d == TokenFault::Unavailable) - 0.3).abs() < 0.02);

@@ -215,6 +215,17 @@ mod tests {
     }
 
     #[test]
+    fn fault_flags_become_the_starting_faults() {
+        let args =
+            ["simulate", "--throttle-rate", "0.5", "--token-refusal-rate", "1", "--oversized-rate", "0.1"];
+        let faults = Flags::try_parse_from(args).unwrap().options.faults();
+        let expected =
+            Faults { throttle_rate: 0.5, token_refusal_rate: 1.0, oversized_rate: 0.1, ..Faults::default() };
+        assert_eq!(faults, expected);
+        assert_eq!(SimulatorOptions::default().faults(), Faults::default());
+    }
+
+    #[test]
     fn shares_outside_zero_to_one_are_refused() {
         assert_eq!(parse_share("0.25"), Ok(0.25));
         assert!(parse_share("1.5").is_err());

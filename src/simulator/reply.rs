@@ -70,7 +70,11 @@ impl Reply {
     pub fn into_oversized_response(self) -> Response {
         let text = self.body.to_string();
         let (open, rest) = text.split_at(1);
-        let reader = PaddedJson { head: open.as_bytes().to_vec(), padding: OVERSIZED_PADDING, tail: rest.as_bytes().to_vec() };
+        let reader = PaddedJson {
+            head: open.as_bytes().to_vec(),
+            padding: OVERSIZED_PADDING,
+            tail: rest.as_bytes().to_vec(),
+        };
         let body = Body::from_stream(ReaderStream::with_capacity(reader, 64 * 1024));
         let mut response = (StatusCode::OK, body).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -80,7 +84,9 @@ impl Reply {
     /// A 200 HTML page labelled `text/html`.
     pub fn html_response() -> Response {
         let mut response = (StatusCode::OK, HTML_PAGE).into_response();
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
         response
     }
 }

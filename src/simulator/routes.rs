@@ -207,7 +207,10 @@ async fn api(sim: &Shared, route: Route, parts: &Parts) -> Outcome {
         (_, Fault::Reset) => return Outcome::Dropped,
         (_, Fault::ServerError(status)) => server_error(status),
         (_, Fault::Throttled) => throttle_storm(),
-        (Some(Admission::Accepted), Fault::None | Fault::Malformed | Fault::Oversized | Fault::WrongContentType) => {
+        (
+            Some(Admission::Accepted),
+            Fault::None | Fault::Malformed | Fault::Oversized | Fault::WrongContentType,
+        ) => {
             let host = header_value(header::HOST).map_or_else(|| sim.bound.to_string(), str::to_owned);
             let query = parts.uri.query();
             let now = Instant::now();
