@@ -28,21 +28,20 @@ const REQUEST_TIMEOUT: &str = "1s";
 /// What the faulted cycle would have changed, had it succeeded: the agent upgraded meanwhile.
 const UPGRADE: &str = "9.9.9";
 
-/// Everything stored about the agents, one JSON text per row, in a fixed order.
+/// Everything stored about the agents, one JSON text per row, sorted.
 /// `last_fetched_at` is left out: a successful cycle moves it without changing anything.
 async fn stored(pool: &PgPool) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT * FROM (
-           (SELECT 'agent ' || (to_jsonb(a) - 'last_fetched_at')::text FROM scan_agents a ORDER BY agent_id)
-           UNION ALL
-           (SELECT 'version ' || to_jsonb(v)::text FROM scan_agent_versions v ORDER BY agent_id, valid_from)
-           UNION ALL
-           (SELECT 'seen ' || to_jsonb(s)::text FROM scan_agent_last_seen s ORDER BY agent_id, last_seen)
-         ) AS everything",
+    let mut rows: Vec<String> = sqlx::query_scalar(
+        "SELECT 'agent ' || (to_jsonb(a) - 'last_fetched_at')::text FROM scan_agents a
+         UNION ALL SELECT 'version ' || to_jsonb(v)::text FROM scan_agent_versions v
+         UNION ALL SELECT 'seen ' || to_jsonb(s)::text FROM scan_agent_last_seen s",
     )
     .fetch_all(pool)
     .await
-    .expect("reading the stored agents")
+    .expect("reading the stored agents");
+    assert!(!rows.is_empty(), "a fault test starts from stored agents");
+    rows.sort();
+    rows
 }
 
 /// The newest `sync_runs` row: status, error and throttled count.
