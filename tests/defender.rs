@@ -512,7 +512,7 @@ async fn an_endless_body_without_length_is_cut_off_at_the_cap() {
     let base = endless_body_server().await;
     let client = client(&settings(&base, &format!("{base}{TOKEN_PATH}")), SIM_SECRET, roomy_budget().await);
     let error = client.get_agent(&id("a1"), None).await.unwrap_err();
-    assert!(matches!(error, ApiError::BodyTooLarge { limit } if limit == 1024 * 1024), "{error}");
+    assert!(matches!(error, ApiError::BodyTooLarge { limit, .. } if limit == 1024 * 1024), "{error}");
     assert_eq!(client.counters().requests, 1);
 }
 

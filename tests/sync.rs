@@ -115,7 +115,7 @@ async fn list_mode_keeps_configured_agents_and_marks_absent_ones_missing() {
 
     // Now a list that fails part-way marks nothing missing, and stored data stays.
     assert!(sim.delete(targets.ids[0].as_str()));
-    sim.set_faults(Faults { error_rate: 1.0, malformed_rate: 0.0, reset_rate: 0.0 });
+    sim.set_faults(Faults { error_rate: 1.0, ..Faults::default() });
     let report = syncer.run_cycle(&targets, &CycleOptions::default()).await.unwrap();
     assert_eq!((report.status, report.exit_code()), (RunStatus::Failed, 1));
     assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents WHERE missing_since IS NOT NULL").await, 0);

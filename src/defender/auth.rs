@@ -173,7 +173,8 @@ impl TokenCache {
         let mut response =
             http.post(&source.token_url).form(&form).send().await.map_err(|e| unavailable(&e))?;
         let status = response.status();
-        let body = read_capped(&mut response, TOKEN_BODY_LIMIT, unavailable).await?;
+        let body =
+            read_capped(&mut response, "Entra ID token endpoint", TOKEN_BODY_LIMIT, unavailable).await?;
         let json = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
         if !status.is_success() {
             let (kind, detail) = classify_refusal(status.as_u16(), &json);

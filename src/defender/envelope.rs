@@ -3,37 +3,64 @@
 //! Per-record parsing is [`AgentRecord::from_json`]'s job; this module only decides where the
 //! records are and whether the body as a whole is usable.
 
+use reqwest::header::HeaderValue;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
 
-/// Reads the whole body, refusing (without buffering it) one longer than `limit`, so a broken
-/// or hostile upstream cannot exhaust memory. JSON depth is bounded by serde_json's
-/// recursion limit (128), so a deeply nested body cannot exhaust the stack either.
+/// Reads the whole body of `endpoint`'s answer chunk by chunk, refusing one longer than
+/// `limit` as soon as the count passes it (or at once, when `Content-Length` says so), so a
+/// broken or hostile upstream cannot exhaust memory; dropping the response closes the
+/// connection on the rest.
 pub(super) async fn read_capped(
     response: &mut reqwest::Response,
+    endpoint: &'static str,
     limit: usize,
     on_transport_error: impl Fn(&reqwest::Error) -> ApiError,
 ) -> Result<Vec<u8>, ApiError> {
     if response.content_length().is_some_and(|length| length > limit as u64) {
-        return Err(ApiError::BodyTooLarge { limit });
+        return Err(ApiError::BodyTooLarge { endpoint, limit });
     }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| on_transport_error(&e))? {
         if body.len() + chunk.len() > limit {
-            return Err(ApiError::BodyTooLarge { limit });
+            return Err(ApiError::BodyTooLarge { endpoint, limit });
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
 }
 
-/// Parses a 2xx body as JSON. A syntax error is taken as transient: the body was most likely
-/// cut off or garbled on the way, and the next try may get it whole.
-pub(super) fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::Malformed {
-        what: format!("the body is not valid JSON ({e})"),
-        transient: true,
+/// Nesting serde_json allows before it stops parsing: its default recursion limit of 128,
+/// which applies to every `from_slice` and counts the level that trips it, so 127 levels parse.
+/// A deeply nested body therefore cannot exhaust the stack; an agent page needs four levels.
+const MAX_JSON_DEPTH: usize = 127;
+
+/// Parses a 2xx body of `endpoint` as JSON, whatever its `Content-Type` says: the body decides,
+/// so a gateway that relabels good JSON costs nothing. When it does not parse:
+/// - under a label that is not JSON, something other than the API answered (a proxy or a
+///   captive portal); that would repeat, so it is [`ApiError::NotJson`];
+/// - nested deeper than [`MAX_JSON_DEPTH`], it is refused for good: no agent looks like that;
+/// - otherwise it was most likely cut off or garbled on the way, and the next try may get it whole.
+pub(super) fn parse_json(
+    endpoint: &'static str,
+    body: &[u8],
+    content_type: Option<&HeaderValue>,
+) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let label = content_type.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        if let Some(label) = label.filter(|label| !label.to_ascii_lowercase().contains("json")) {
+            return ApiError::NotJson { endpoint, content_type: label };
+        }
+        if e.to_string().starts_with("recursion limit exceeded") {
+            return ApiError::Malformed {
+                what: format!(
+                    "the {endpoint} sent JSON nested deeper than {MAX_JSON_DEPTH} levels ({e}); it was refused"
+                ),
+                transient: false,
+            };
+        }
+        ApiError::Malformed { what: format!("the {endpoint} sent a body that is not valid JSON ({e})"), transient: true }
     })
 }
 
@@ -117,9 +144,37 @@ mod tests {
         assert!(super::page(json!({"value": [], "@odata.nextLink": 5})).is_err());
     }
 
+    const ENDPOINT: &str = "test endpoint";
+
     #[test]
     fn cut_off_json_is_transient() {
-        let error = parse_json(br#"{"value": [{"id": "a""#).unwrap_err();
+        let error = parse_json(ENDPOINT, br#"{"value": [{"id": "a""#, None).unwrap_err();
         assert!(error.is_transient(), "{error}");
+        assert!(error.to_string().contains(ENDPOINT), "{error}");
+    }
+
+    #[test]
+    fn json_is_accepted_under_any_label_and_other_content_is_named() {
+        let text = HeaderValue::from_static("text/plain");
+        assert_eq!(parse_json(ENDPOINT, br#"{"value": []}"#, Some(&text)).unwrap(), json!({"value": []}));
+        let html = HeaderValue::from_static("text/html; charset=utf-8");
+        let error = parse_json(ENDPOINT, b"<html>sign in</html>", Some(&html)).unwrap_err();
+        assert!(matches!(error, ApiError::NotJson { .. }) && !error.is_transient(), "{error}");
+        assert!(error.to_string().contains("text/html") && error.to_string().contains(ENDPOINT), "{error}");
+    }
+
+    /// The depth bound holds for the way the client parses (into a `Value`), and a body far
+    /// deeper than any stack could recurse through fails cleanly, naming the limit.
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let within = format!("{}{}", "[".repeat(MAX_JSON_DEPTH), "]".repeat(MAX_JSON_DEPTH));
+        assert!(parse_json(ENDPOINT, within.as_bytes(), None).is_ok());
+        let one_more = format!("[{within}]");
+        assert!(parse_json(ENDPOINT, one_more.as_bytes(), None).is_err());
+        let depth = 1_000_000;
+        let deep = format!("{}{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+        let error = parse_json(ENDPOINT, deep.as_bytes(), None).unwrap_err();
+        assert!(!error.is_transient(), "{error}");
+        assert!(error.to_string().contains("nested deeper than 127 levels"), "{error}");
     }
 }

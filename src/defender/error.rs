@@ -63,8 +63,25 @@ pub enum ApiError {
     )]
     Connect { detail: String },
     /// The response body exceeded what a sane answer can be.
-    #[error("the Defender API sent a response larger than {limit} bytes; it was not read")]
-    BodyTooLarge { limit: usize },
+    #[error(
+        "the {endpoint} sent a response body larger than {}; it was refused without reading the \
+         rest. Something other than the service may be answering: check defender.api_base_url, \
+         defender.token_url and proxies{}",
+        size(*limit),
+        if *endpoint == super::LIST_ENDPOINT {
+            "; if the list really pages this large, set defender.fetch_mode = \"by-id\""
+        } else {
+            ""
+        }
+    )]
+    BodyTooLarge { endpoint: &'static str, limit: usize },
+    /// A 2xx body that is not JSON, under a label that says so: not the API answering.
+    #[error(
+        "the {endpoint} answered with `{content_type}` instead of JSON: something other than the \
+         Defender API answered (a proxy, a captive portal or a wrong defender.api_base_url); \
+         check defender.api_base_url and the proxy settings (HTTPS_PROXY, NO_PROXY)"
+    )]
+    NotJson { endpoint: &'static str, content_type: String },
     /// A body that is not the JSON or the envelope the API documents.
     #[error("the Defender API sent an unusable response: {what}")]
     Malformed {
@@ -100,6 +117,7 @@ impl ApiError {
             | ApiError::Unauthorized { .. }
             | ApiError::NotFound { .. }
             | ApiError::BodyTooLarge { .. }
+            | ApiError::NotJson { .. }
             | ApiError::BadRecord(_)
             | ApiError::UnrequestableId(_) => false,
         }
@@ -110,7 +128,10 @@ impl ApiError {
     /// instead of spending the budget on certain failures.
     pub fn stops_cycle(&self) -> bool {
         match self {
-            ApiError::Forbidden { .. } | ApiError::Unauthorized { .. } | ApiError::NotFound { .. } => true,
+            ApiError::Forbidden { .. }
+            | ApiError::Unauthorized { .. }
+            | ApiError::NotFound { .. }
+            | ApiError::NotJson { .. } => true,
             ApiError::Token { kind, .. } => !kind.is_transient(),
             ApiError::Budget(BudgetError::Store(_)) | ApiError::Store(_) => true,
             _ => false,
@@ -162,6 +183,17 @@ fn status_hint(status: u16) -> &'static str {
         429 => "; the app registration is throttled: other clients may share its budget (rate_limit.windows)",
         500..=599 => "; the service failed: it was retried, and the next cycle tries again",
         _ => "",
+    }
+}
+
+/// A byte limit in the largest binary unit that divides it, as the constants are written.
+fn size(limit: usize) -> String {
+    const KIB: usize = 1024;
+    match limit {
+        0 => "0 bytes".to_owned(),
+        _ if limit % (KIB * KIB) == 0 => format!("{} MiB", limit / (KIB * KIB)),
+        _ if limit % KIB == 0 => format!("{} KiB", limit / KIB),
+        _ => format!("{limit} bytes"),
     }
 }
 
@@ -304,5 +336,18 @@ mod tests {
             assert!(!status(permanent).is_transient(), "{permanent}");
         }
         assert!(status(403).to_string().contains("Machine.Read.All"));
+    }
+
+    #[test]
+    fn limits_read_in_their_units() {
+        assert_eq!(size(16 * 1024 * 1024), "16 MiB");
+        assert_eq!(size(64 * 1024), "64 KiB");
+        assert_eq!(size(1000), "1000 bytes");
+        let error = ApiError::BodyTooLarge { endpoint: "Entra ID token endpoint", limit: 64 * 1024 };
+        assert!(
+            error
+                .to_string()
+                .starts_with("the Entra ID token endpoint sent a response body larger than 64 KiB")
+        );
     }
 }

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -50,10 +50,15 @@ const AGENTS_PATH: &str = "/api/DeviceAuthenticatedScanAgents";
 /// A by-ID answer is one agent of well under a kilobyte; a megabyte is far beyond any real one.
 const BY_ID_BODY_LIMIT: usize = 1024 * 1024;
 
-/// A list page holds as many agents as the service chooses (the docs give no page size): at
-/// under 1 KiB an agent, 64 MiB is tens of thousands of agents, more than any tenant in one page,
-/// yet small enough that a runaway body cannot exhaust the service's memory.
-const LIST_BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// A list page holds as many agents as the service chooses (the docs give no page size; the
+/// sibling machine APIs page at 10,000). An agent is about 500 bytes, so a 10,000-agent page is
+/// about 5 MiB: 16 MiB leaves three times that, while a runaway body (read, then parsed into a
+/// tree several times its size) stays far from exhausting the service's memory.
+const LIST_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The list endpoint as errors name it; an oversized answer from it has a workaround of its own.
+pub(crate) const LIST_ENDPOINT: &str =
+    "Defender API's list endpoint (GET /api/DeviceAuthenticatedScanAgents)";
 
 /// Error bodies only carry a code and a message; a larger one is a gateway page, not read.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -84,6 +89,14 @@ impl Endpoint {
         match self {
             Endpoint::ById => "by-id",
             Endpoint::List => "list",
+        }
+    }
+
+    /// The endpoint as errors name it.
+    fn describe(self) -> &'static str {
+        match self {
+            Endpoint::ById => "Defender API's by-ID endpoint (GET /api/DeviceAuthenticatedScanAgents/{id})",
+            Endpoint::List => LIST_ENDPOINT,
         }
     }
 
@@ -365,16 +378,17 @@ impl DefenderClient {
             }
         };
         let status = response.status();
+        let content_type = response.headers().get(CONTENT_TYPE).cloned();
         let pause = (status == StatusCode::TOO_MANY_REQUESTS)
             .then(|| retry_after(response.headers(), chrono::Utc::now()));
         if pause.is_some() {
             inner.counters.throttled.fetch_add(1, Ordering::Relaxed);
         }
         let limit = if status.is_success() { endpoint.body_limit() } else { ERROR_BODY_LIMIT };
-        let body = read_capped(&mut response, limit, transport).await;
+        let body = read_capped(&mut response, endpoint.describe(), limit, transport).await;
         permit.finish(Some(status.as_u16()), pause).await?;
         if status.is_success() {
-            return parse_json(&body?);
+            return parse_json(endpoint.describe(), &body?, content_type.as_ref());
         }
         // An unreadable error body loses only the detail, not the status.
         let detail = body.map(|b| ErrorDetail::parse(&b)).unwrap_or_default();

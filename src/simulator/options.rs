@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use super::faults::Faults;
 use crate::rate_window::RateWindow;
 
 /// How the three fields the docs print in PascalCase are spelled in responses.
@@ -94,6 +95,27 @@ pub struct SimulatorOptions {
     #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
     pub reset_rate: f64,
 
+    /// Share (0 to 1) of API calls answered 429 with `Retry-After: 1` whatever the rate windows
+    /// say, as when another client of the same app registration spends the budget.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub throttle_rate: f64,
+
+    /// Share (0 to 1) of API calls answered 200 with a JSON page padded to tens of megabytes.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub oversized_rate: f64,
+
+    /// Share (0 to 1) of API calls answered 200 with an HTML page, as a proxy or captive portal does.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub wrong_content_type_rate: f64,
+
+    /// Share (0 to 1) of token requests answered 503.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub token_error_rate: f64,
+
+    /// Share (0 to 1) of token requests refused 401 `invalid_client`, as for an expired secret.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub token_refusal_rate: f64,
+
     /// Period of the fleet's life: each period live agents report in and some upgrade; 0 freezes the fleet.
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     pub evolve_every: Duration,
@@ -133,6 +155,21 @@ impl SimulatorOptions {
             silent_share: 0.0,
             deleted_share: 0.0,
             ..SimulatorOptions::default()
+        }
+    }
+
+    /// The fault shares the simulator starts with; [`super::SimulatorHandle::set_faults`]
+    /// replaces them while it runs.
+    pub fn faults(&self) -> Faults {
+        Faults {
+            error_rate: self.error_rate,
+            malformed_rate: self.malformed_rate,
+            reset_rate: self.reset_rate,
+            throttle_rate: self.throttle_rate,
+            oversized_rate: self.oversized_rate,
+            wrong_content_type_rate: self.wrong_content_type_rate,
+            token_error_rate: self.token_error_rate,
+            token_refusal_rate: self.token_refusal_rate,
         }
     }
 }
@@ -175,6 +212,17 @@ mod tests {
         assert_eq!(options.field_case, FieldCase::Pascal);
         assert!(Flags::try_parse_from(["simulate", "--fraction-digits", "8"]).is_err());
         assert!(Flags::try_parse_from(["simulate", "--page-size", "0"]).is_err());
+    }
+
+    #[test]
+    fn fault_flags_become_the_starting_faults() {
+        let args =
+            ["simulate", "--throttle-rate", "0.5", "--token-refusal-rate", "1", "--oversized-rate", "0.1"];
+        let faults = Flags::try_parse_from(args).unwrap().options.faults();
+        let expected =
+            Faults { throttle_rate: 0.5, token_refusal_rate: 1.0, oversized_rate: 0.1, ..Faults::default() };
+        assert_eq!(faults, expected);
+        assert_eq!(SimulatorOptions::default().faults(), Faults::default());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::agents_api::{self, AGENTS_PATH};
 use super::auth::entra_error;
 use super::connection::ConnectionKill;
-use super::faults::Fault;
+use super::faults::{Fault, TokenFault};
 use super::limiter::{Admission, timespan};
 use super::recorder::{EndpointKind, LoggedRequest};
 use super::reply::Reply;
@@ -79,10 +79,21 @@ impl Route {
 /// How a request ends.
 enum Outcome {
     Answer(Reply),
-    /// The answer with its body cut in half.
-    Garbled(Reply),
+    /// The answer spoiled on its way: a 200 whose body is not what the service sent.
+    Spoiled(Reply, Spoil),
     /// No answer at all: the connection is dropped.
     Dropped,
+}
+
+/// How a spoiled answer is spoiled.
+#[derive(Debug, Clone, Copy)]
+enum Spoil {
+    /// Its JSON cut in half.
+    Truncated,
+    /// Padded far beyond any sane size, and streamed without a length.
+    Oversized,
+    /// Replaced by an HTML page.
+    Html,
 }
 
 /// Routes, answers, logs and records one request.
@@ -109,7 +120,14 @@ async fn serve(
     };
     let (status, response) = match outcome {
         Outcome::Answer(reply) => (Some(reply.status.as_u16()), reply.into_response()),
-        Outcome::Garbled(reply) => (Some(StatusCode::OK.as_u16()), reply.into_truncated_response()),
+        Outcome::Spoiled(reply, spoil) => {
+            let response = match spoil {
+                Spoil::Truncated => reply.into_truncated_response(),
+                Spoil::Oversized => reply.into_oversized_response(),
+                Spoil::Html => Reply::html_response(),
+            };
+            (Some(StatusCode::OK.as_u16()), response)
+        }
         Outcome::Dropped => {
             connection.kill();
             (None, StatusCode::INTERNAL_SERVER_ERROR.into_response())
@@ -128,7 +146,8 @@ async fn serve(
     response
 }
 
-/// The token endpoint; it has no rate window, latency or faults, like Entra ID from the API's view.
+/// The token endpoint; it has no rate window or latency, like Entra ID from the API's view, but
+/// it may be made to fail (unavailable, or refusing the secret).
 async fn token(sim: &Shared, tenant: &str, body: Body) -> Outcome {
     let form = match to_bytes(body, TOKEN_BODY_LIMIT).await {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
@@ -142,7 +161,22 @@ async fn token(sim: &Shared, tenant: &str, body: Body) -> Outcome {
             ));
         }
     };
-    Outcome::Answer(lock(&sim.tokens).token_endpoint(tenant, &form, Instant::now()))
+    let fault = lock(&sim.faults).draw_token();
+    Outcome::Answer(match fault {
+        TokenFault::None => lock(&sim.tokens).token_endpoint(tenant, &form, Instant::now()),
+        TokenFault::Unavailable => entra_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            90033,
+            "A transient error has occurred. Please try again.".into(),
+        ),
+        TokenFault::InvalidClient => entra_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000222,
+            "The provided client secret keys are expired. Create new keys for your app, or consider using certificate credentials.".into(),
+        ),
+    })
 }
 
 /// An agent endpoint. Everything is decided at arrival, in the service's likely order: the
@@ -172,7 +206,11 @@ async fn api(sim: &Shared, route: Route, parts: &Parts) -> Outcome {
         }
         (_, Fault::Reset) => return Outcome::Dropped,
         (_, Fault::ServerError(status)) => server_error(status),
-        (Some(Admission::Accepted), Fault::None | Fault::Malformed) => {
+        (_, Fault::Throttled) => throttle_storm(),
+        (
+            Some(Admission::Accepted),
+            Fault::None | Fault::Malformed | Fault::Oversized | Fault::WrongContentType,
+        ) => {
             let host = header_value(header::HOST).map_or_else(|| sim.bound.to_string(), str::to_owned);
             let query = parts.uri.query();
             let now = Instant::now();
@@ -182,7 +220,12 @@ async fn api(sim: &Shared, route: Route, parts: &Parts) -> Outcome {
             }
         }
     };
-    if fault == Fault::Malformed { Outcome::Garbled(reply) } else { Outcome::Answer(reply) }
+    match fault {
+        Fault::Malformed => Outcome::Spoiled(reply, Spoil::Truncated),
+        Fault::Oversized => Outcome::Spoiled(reply, Spoil::Oversized),
+        Fault::WrongContentType => Outcome::Spoiled(reply, Spoil::Html),
+        _ => Outcome::Answer(reply),
+    }
 }
 
 /// The service's 429, with the message and code it was seen to send.
@@ -190,6 +233,12 @@ fn throttled(calls: u32, per: Duration, retry_after: Duration) -> Reply {
     let seconds = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
     let message = format!("API calls quota exceeded! maximum allowed {calls} per {}", timespan(per));
     Reply { retry_after: Some(seconds), ..Reply::api_error(StatusCode::TOO_MANY_REQUESTS, "429", message) }
+}
+
+/// An injected 429: the hourly quota the service reports, spent by another client of the same
+/// app registration, with the shortest pause so tests of a storm stay quick.
+fn throttle_storm() -> Reply {
+    throttled(1500, Duration::from_secs(3600), Duration::from_secs(1))
 }
 
 /// An injected 500 or 503.

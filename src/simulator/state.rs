@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::auth::{Credentials, TokenStore};
-use super::faults::{FaultInjector, Faults};
+use super::faults::FaultInjector;
 use super::fleet::Fleet;
 use super::limiter::RateLimiter;
 use super::options::{Envelope, FieldCase, SimulatorOptions};
@@ -38,11 +38,6 @@ impl Shared {
             client_id: options.client_id.clone(),
             client_secret: options.client_secret.clone(),
         };
-        let faults = Faults {
-            error_rate: options.error_rate,
-            malformed_rate: options.malformed_rate,
-            reset_rate: options.reset_rate,
-        };
         Self {
             bound,
             tenant_id: options.tenant_id.clone(),
@@ -54,7 +49,7 @@ impl Shared {
             limiter: Mutex::new(RateLimiter::new(&options.windows)),
             tokens: Mutex::new(TokenStore::new(credentials, options.token_lifetime)),
             // A seed of its own, so changing fault rates does not change the fleet.
-            faults: Mutex::new(FaultInjector::new(faults, options.seed ^ 0xFA17_FA17)),
+            faults: Mutex::new(FaultInjector::new(options.faults(), options.seed ^ 0xFA17_FA17)),
             latency: Mutex::new(options.latency),
             recorder: Mutex::new(Recorder::default()),
         }

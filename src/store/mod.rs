@@ -45,14 +45,42 @@ pub enum StoreError {
     #[error("database.url is not a valid PostgreSQL URL: {0}")]
     BadUrl(String),
     #[error(
-        "cannot connect to PostgreSQL at {target}: {source}. Is the server running and is \
-         database.url right? (locally: `pg_ctlcluster 15 main start`)"
+        "cannot connect to PostgreSQL at {target}: {source}. {}",
+        hint(source).unwrap_or("Is the server running and is database.url right? (locally: `pg_ctlcluster 15 main start`)")
     )]
     Connect { target: String, source: sqlx::Error },
     #[error("applying database migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("database error while {what}: {source}")]
+    #[error("database error while {what}: {source}{}", hint(source).map(|h| format!(". {h}")).unwrap_or_default())]
     Query { what: &'static str, source: sqlx::Error },
+}
+
+/// What to do about the failures an operator can fix without a code change: the ones the
+/// fault tests (`tests/faults.rs`) provoke.
+fn hint(source: &sqlx::Error) -> Option<&'static str> {
+    let code = source.as_database_error().and_then(|e| e.code());
+    match (source, code.as_deref()) {
+        (sqlx::Error::PoolTimedOut, _) => Some(
+            "Every connection of the pool stayed busy: raise database.max_connections, or look in \
+             pg_stat_activity for sessions that hold connections or locks for long",
+        ),
+        // query_canceled: statement_timeout (set on the role or database), or an administrator.
+        (_, Some("57014")) => Some(
+            "PostgreSQL cancelled the statement (statement_timeout or pg_cancel_backend); nothing \
+             of it was written. Look in pg_stat_activity and pg_locks for what held it up, or \
+             raise the role's statement_timeout (ALTER ROLE ... SET statement_timeout)",
+        ),
+        (_, Some("55P03")) => Some(
+            "A lock was not granted within lock_timeout; nothing of it was written. Look in \
+             pg_locks for the session holding it",
+        ),
+        (_, Some("53300")) => Some(
+            "PostgreSQL has no connection slot left for this role or database (max_connections, \
+             or a CONNECTION LIMIT): lower database.max_connections of the instances sharing \
+             it, or free connections",
+        ),
+        _ => None,
+    }
 }
 
 impl StoreError {
