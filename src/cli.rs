@@ -79,6 +79,9 @@ pub enum Command {
     Stale(StaleArgs),
     /// Show an agent's version and lastSeen history.
     History(HistoryArgs),
+    /// Check the tables' invariants (history and rate-window ledger): one line each, exit 1
+    /// when any is violated.
+    Check(CheckArgs),
     /// Run the bundled Defender API simulator until SIGINT or SIGTERM.
     Simulate(Box<SimulatorOptions>),
     /// The whole product in one command, against the simulator: no Defender tenant needed.
@@ -105,6 +108,14 @@ pub struct CheckConfigArgs {
 #[derive(Debug, Args)]
 pub struct StaleArgs {
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print JSON instead of one line per invariant.
     #[arg(long)]
     pub json: bool,
 }
@@ -184,6 +195,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::CheckConfig(args) => check_config(&globals, args).await,
         Command::Stale(args) => stale(&globals, args).await,
         Command::History(args) => history(&globals, args).await,
+        Command::Check(args) => check(&globals, args).await,
         Command::Simulate(options) => simulate(&globals, *options).await,
         Command::Demo => demo(&globals).await,
     };
@@ -313,6 +325,16 @@ async fn history(globals: &Globals, args: HistoryArgs) -> Result<ExitCode, Failu
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `check [--json]`: runs every invariant against the database (read-only: needs no client
+/// secret); exit 0 when all hold, 1 when any is violated.
+async fn check(globals: &Globals, args: CheckArgs) -> Result<ExitCode, Failure> {
+    let settings = globals.configure()?;
+    let store = Store::connect(&settings.database.url, 1).await?;
+    let report = report::check_report(&store, &settings.rate_limit.windows).await?;
+    print_report(&report, args.json)?;
+    Ok(if report.all_hold() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Prints a report as a table, or as JSON with `--json`.

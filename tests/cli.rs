@@ -73,7 +73,8 @@ fn valid_config() -> String {
 fn help_lists_every_subcommand() {
     let help = run(&["--help"], &[]);
     assert_eq!(help.code, 0, "{}", help.stderr);
-    for command in ["run", "sync", "migrate", "check-config", "stale", "history", "simulate", "demo"] {
+    for command in ["run", "sync", "migrate", "check-config", "stale", "history", "check", "simulate", "demo"]
+    {
         assert!(
             help.stdout.lines().any(|line| line.trim_start().starts_with(&format!("{command} "))),
             "{command} missing from:\n{}",

@@ -88,7 +88,7 @@ async fn ticks_during_a_long_cycle_are_skipped_not_overlapped() {
     // A cycle stops starting requests at the next tick, but the request in flight then
     // (700 ms, one at a time) carries it past that tick: the tick must be skipped.
     let fixture = Fixture::start(10, 10, Duration::from_millis(700)).await;
-    let config = DaemonConfig { cron: "* * * * * *".to_owned(), max_in_flight: 1 };
+    let config = DaemonConfig { cron: "* * * * * *".to_owned(), max_in_flight: 1, ..DaemonConfig::default() };
     let daemon = fixture.spawn(&config).await;
 
     fixture
@@ -174,7 +174,7 @@ async fn sigterm_mid_cycle_exits_0_and_leaves_an_interrupted_run_and_consistent_
     // 40 agents at 500 ms each, one at a time: a 20 s cycle. The schedule never fires during
     // the test, so the only cycle is the one at start, with no deadline cutting it short.
     let fixture = Fixture::start(40, 40, Duration::from_millis(500)).await;
-    let config = DaemonConfig { cron: "0 0 0 1 1 *".to_owned(), max_in_flight: 1 };
+    let config = DaemonConfig { cron: "0 0 0 1 1 *".to_owned(), max_in_flight: 1, ..DaemonConfig::default() };
     let mut daemon = fixture.spawn(&config).await;
     let run = fixture.wait_for_run("the first cycle", STARTUP, |run| run.status == "running").await;
     eventually("a few agents fetched", CYCLES, async || {

@@ -1,13 +1,14 @@
 //! The two agent endpoints: the paged list and the by-ID lookup.
 
 use axum::http::StatusCode;
+use chrono::Utc;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::options::Envelope;
 use super::render::agent_json;
 use super::reply::Reply;
-use super::state::Shared;
+use super::state::{Shared, lock};
 use super::urlencoded;
 
 /// The list path; the by-ID path is this plus `/{id}`.
@@ -34,6 +35,7 @@ pub(super) fn list(sim: &Shared, query: Option<&str>, host: &str, now: Instant) 
         .take(sim.page_size)
         .map(|agent| Value::Object(agent_json(agent, sim.field_case)))
         .collect();
+    lock(&sim.recorder).record_served(Utc::now(), page.iter().cloned());
     let mut body = json!({
         "@odata.context": format!("http://{host}/api/$metadata#DeviceAuthenticatedScanAgents"),
         "value": page,
@@ -60,6 +62,7 @@ pub(super) fn by_id(sim: &Shared, id: &str, query: Option<&str>, host: &str, now
     };
     let context = format!("http://{host}/api/$metadata#DeviceAuthenticatedScanAgents/$entity");
     let mut object = agent_json(agent, sim.field_case);
+    lock(&sim.recorder).record_served(Utc::now(), [Value::Object(object.clone())]);
     let body = match sim.envelope {
         Envelope::Bare => {
             object.insert("@odata.context".into(), json!(context));

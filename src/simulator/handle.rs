@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::faults::Faults;
-use super::recorder::{LoggedRequest, SimStats};
+use super::recorder::{LoggedRequest, ServedAgent, SimStats};
 use super::state::{Shared, lock};
 
 /// A handle on a running simulator; clones control the same one.
@@ -64,6 +64,11 @@ impl SimulatorHandle {
     /// Every request so far (the latest 100,000), oldest first.
     pub fn request_log(&self) -> Vec<LoggedRequest> {
         lock(&self.sim.recorder).log()
+    }
+
+    /// Every agent object served so far (the latest 100,000), oldest first.
+    pub fn served_agents(&self) -> Vec<ServedAgent> {
+        lock(&self.sim.recorder).served()
     }
 
     /// Sets an agent's `ScannerSoftwareVersion`; false when there is no such agent.

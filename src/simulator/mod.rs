@@ -34,7 +34,7 @@ pub use faults::Faults;
 pub use handle::SimulatorHandle;
 pub use limiter::WindowPeak;
 pub use options::{Envelope, FieldCase, SimulatorOptions};
-pub use recorder::{EndpointKind, LoggedRequest, SimStats};
+pub use recorder::{EndpointKind, LoggedRequest, ServedAgent, SimStats};
 
 use connection::{ConnectionKill, KillableListener};
 use state::Shared;

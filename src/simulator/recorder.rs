@@ -31,6 +31,17 @@ pub struct LoggedRequest {
     pub status: Option<u16>,
 }
 
+/// One agent object as an API response carried it, so tests can compare what a client stored
+/// with what it was actually served. Recorded when the body is built, including bodies an
+/// injected fault then cuts short.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedAgent {
+    /// When the response body was built, a moment after its request arrived.
+    pub at: DateTime<Utc>,
+    /// The agent's JSON object, as sent.
+    pub agent: serde_json::Value,
+}
+
 /// Counters since start.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SimStats {
@@ -51,6 +62,7 @@ pub struct SimStats {
 pub(super) struct Recorder {
     stats: SimStats,
     log: VecDeque<LoggedRequest>,
+    served: VecDeque<ServedAgent>,
 }
 
 impl Recorder {
@@ -70,6 +82,20 @@ impl Recorder {
             self.log.pop_front();
         }
         self.log.push_back(request);
+    }
+
+    /// Notes the agent objects one response carries, keeping the latest [`LOG_CAPACITY`].
+    pub fn record_served(&mut self, at: DateTime<Utc>, agents: impl IntoIterator<Item = serde_json::Value>) {
+        for agent in agents {
+            if self.served.len() == LOG_CAPACITY {
+                self.served.pop_front();
+            }
+            self.served.push_back(ServedAgent { at, agent });
+        }
+    }
+
+    pub fn served(&self) -> Vec<ServedAgent> {
+        self.served.iter().cloned().collect()
     }
 
     /// The counters, with the peaks the limiter measured.

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use scan_agent_sync::rate_window::RateWindow;
 use scan_agent_sync::simulator::{self, SimulatorHandle, SimulatorOptions};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -42,11 +43,13 @@ pub struct DaemonConfig {
     pub cron: String,
     /// `rate_limit.max_in_flight`.
     pub max_in_flight: usize,
+    /// `rate_limit.windows`; empty leaves the product's defaults.
+    pub windows: Vec<RateWindow>,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        DaemonConfig { cron: "*/2 * * * * *".to_owned(), max_in_flight: 4 }
+        DaemonConfig { cron: "*/2 * * * * *".to_owned(), max_in_flight: 4, windows: Vec::new() }
     }
 }
 
@@ -55,17 +58,14 @@ impl Fixture {
     /// an `ids_file` listing the first `tracked` of them. The fleet is frozen (no agent
     /// upgrades, goes silent or disappears), so each cycle's outcome is known in advance.
     pub async fn start(agents: usize, tracked: usize, latency: Duration) -> Fixture {
-        let sim = simulator::start(SimulatorOptions {
-            listen: "127.0.0.1:0".parse().expect("a socket address"),
-            agents,
-            latency,
-            evolve_every: Duration::ZERO,
-            silent_share: 0.0,
-            deleted_share: 0.0,
-            ..SimulatorOptions::default()
-        })
-        .await
-        .expect("starting the simulator");
+        Fixture::with_simulator(SimulatorOptions { latency, ..SimulatorOptions::frozen(agents) }, tracked)
+            .await
+    }
+
+    /// A simulator started from `options` (an evolving fleet, enforced windows...), a fresh
+    /// database, and an `ids_file` listing the first `tracked` agents.
+    pub async fn with_simulator(options: SimulatorOptions, tracked: usize) -> Fixture {
+        let sim = simulator::start(options).await.expect("starting the simulator");
         let name = super::fresh_database().await;
         let database_url = super::database_url(&name);
         let options = PgConnectOptions::from_str(&database_url).expect("a database URL");
@@ -91,14 +91,10 @@ impl Fixture {
     /// and log file, and waits until `/readyz` answers 200.
     pub async fn spawn(&self, config: &DaemonConfig) -> Daemon {
         let port = free_port();
-        let config_path = self.dir.path().join(format!("config-{port}.toml"));
         let log_path = self.dir.path().join(format!("daemon-{port}.log"));
-        std::fs::write(&config_path, self.config_toml(config, port)).expect("writing the configuration");
         let log = std::fs::File::create(&log_path).expect("creating the log file");
-        let child = super::binary()
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET", "sim-secret")
+        let child = self
+            .command(config, port, "run")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -109,10 +105,32 @@ impl Fixture {
         daemon
     }
 
+    /// `scan-agent-sync COMMAND` on this fixture's configuration (serving HTTP on `port`
+    /// when the command does), with the simulator's client secret.
+    pub fn command(&self, config: &DaemonConfig, port: u16, command: &str) -> std::process::Command {
+        let config_path = self.dir.path().join(format!("config-{port}.toml"));
+        std::fs::write(&config_path, self.config_toml(config, port)).expect("writing the configuration");
+        let mut binary = super::binary();
+        binary
+            .args([command, "--config"])
+            .arg(&config_path)
+            .env("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET", "sim-secret");
+        binary
+    }
+
     fn config_toml(&self, config: &DaemonConfig, port: u16) -> String {
+        let windows: Vec<String> = config
+            .windows
+            .iter()
+            .map(|w| format!("{{ calls = {}, per = \"{}\" }}", w.calls, humantime::format_duration(w.per)))
+            .collect();
+        let windows = match windows.is_empty() {
+            true => String::new(),
+            false => format!("windows = [{}]\n", windows.join(", ")),
+        };
         format!(
             "{defender}fetch_mode = \"by-id\"\n\n\
-             [rate_limit]\nmax_in_flight = {in_flight}\n\n\
+             [rate_limit]\nmax_in_flight = {in_flight}\n{windows}\n\
              [agents]\nids_file = {ids:?}\n\n\
              [schedule]\ncron = \"{cron}\"\n\n\
              [database]\nurl = \"{url}\"\n\n\
