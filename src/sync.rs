@@ -185,6 +185,19 @@ impl Syncer {
             dry_run: options.dry_run,
             elapsed: Duration::ZERO,
         };
+        if report.throttled > 0 && report.deferred > 0 {
+            // The budget never exceeds rate_limit.windows, so a 429 means the quota is shared
+            // or smaller than configured; the agents it pushed out are not a routine deferral.
+            report.failures.push(Failure {
+                subject: "rate limit".into(),
+                error: format!(
+                    "the API answered 429 (throttled) {} times and {} agents were deferred to the next \
+                     cycle: another client may be using this app registration's quota, or the tenant's \
+                     limits are below rate_limit.windows; lower rate_limit.windows if it persists",
+                    report.throttled, report.deferred
+                ),
+            });
+        }
         let apply_error = match applied {
             Ok(diff) => {
                 report.diff = diff;
