@@ -65,7 +65,8 @@ fn run(config: &Path, args: &[&str]) -> (Option<i32>, String) {
     (output.status.code(), printed)
 }
 
-/// A sync that meets resets, 5xx, malformed JSON and a rejected secret, logged at trace level
+/// A sync that meets resets, 5xx, malformed JSON, HTML pages, token endpoint failures and a
+/// rejected secret, logged at trace level
 /// in both formats, prints no secret: not in requests, retries, errors or the dry-run diff.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_troubled_run_at_trace_level_prints_no_secret() {
@@ -75,7 +76,14 @@ async fn a_troubled_run_at_trace_level_prints_no_secret() {
     })
     .await
     .expect("starting the simulator");
-    sim.set_faults(Faults { error_rate: 0.2, malformed_rate: 0.1, reset_rate: 0.1 });
+    sim.set_faults(Faults {
+        error_rate: 0.2,
+        malformed_rate: 0.1,
+        reset_rate: 0.1,
+        wrong_content_type_rate: 0.05,
+        token_error_rate: 0.2,
+        ..Faults::default()
+    });
     let database = support::fresh_database().await;
     let url =
         support::database_url(&database).replacen("://postgres@", &format!("://postgres:{DB_PASSWORD}@"), 1);
