@@ -125,8 +125,7 @@ fn assert_runs_closed(runs: &[Run]) {
 /// (a)-(c) and the ledger's windows, as the product checks them: `scan-agent-sync check`
 /// exits 0 with every line `ok`. Returns its output.
 fn run_check(fixture: &Fixture) -> String {
-    let output =
-        fixture.command(&daemon_config(), 0, "check").output().expect("running scan-agent-sync check");
+    let output = support::output(&mut fixture.command(&daemon_config(), 0, "check"));
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "check failed ({}):\n{stdout}\n{stderr}", output.status);
@@ -308,9 +307,9 @@ async fn check_names_each_violated_invariant_and_exits_1() {
         windows: vec![RateWindow { calls: 2, per: Duration::from_secs(1) }],
         ..daemon_config()
     };
-    let migrate = fixture.command(&config, 0, "migrate").output().expect("running migrate");
+    let migrate = support::output(&mut fixture.command(&config, 0, "migrate"));
     assert!(migrate.status.success(), "{migrate:?}");
-    let clean = fixture.command(&config, 0, "check").output().expect("running check");
+    let clean = support::output(&mut fixture.command(&config, 0, "check"));
     assert!(clean.status.success(), "an empty database breaks nothing: {clean:?}");
 
     // By hand, what no crash may leave: two open versions (the unique index that prevents
@@ -339,7 +338,7 @@ async fn check_names_each_violated_invariant_and_exits_1() {
     .await
     .expect("corrupting the database");
 
-    let output = fixture.command(&config, 0, "check").output().expect("running check");
+    let output = support::output(&mut fixture.command(&config, 0, "check"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let line = |name: &str| {
@@ -367,7 +366,7 @@ async fn check_names_each_violated_invariant_and_exits_1() {
     assert!(window.starts_with("VIOLATED") && window.contains("1 violation(s)"), "{stdout}");
     assert!(stdout.contains("5 of 5 invariants violated"), "{stdout}");
 
-    let json = fixture.command(&config, 0, "check").arg("--json").output().expect("running check --json");
+    let json = support::output(fixture.command(&config, 0, "check").arg("--json"));
     assert_eq!(json.status.code(), Some(1));
     let findings: serde_json::Value = serde_json::from_slice(&json.stdout).expect("check --json prints JSON");
     let names: Vec<&str> =

@@ -250,7 +250,7 @@ async fn sync_command_exits_1_during_a_5xx_burst() {
         .arg(&config)
         .env("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET", "sim-secret");
     // The simulator runs on this test's runtime, so the blocking wait happens elsewhere.
-    let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    let output = tokio::task::spawn_blocking(move || support::output(&mut command)).await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains(": failed in "), "{stdout}");

@@ -33,8 +33,8 @@ const TOKEN_PREFIX: &str = "sim.";
 const TOKEN_HEX_DIGITS: usize = 64;
 
 /// The test binaries that must have kept output before the suite-wide scan means anything:
-/// the CLI, the daemon, the Defender client and alerting.
-const EXPECTED_SOURCES: [&str; 4] = ["cli", "daemon", "defender", "alerts"];
+/// the CLI, the daemon, the Defender client, alerting, the faults matrix and the crash loop.
+const EXPECTED_SOURCES: [&str; 6] = ["cli", "daemon", "defender", "alerts", "faults", "crash_consistency"];
 
 /// Where `text` holds a secret: each secret or simulator token found, by name.
 fn secrets_in(text: &str) -> Vec<String> {
