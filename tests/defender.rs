@@ -192,6 +192,20 @@ async fn bad_request_is_not_retried() {
 }
 
 #[tokio::test]
+async fn another_agents_record_is_refused_not_stored_under_its_id() {
+    let server = mock_server().await;
+    answer(&server, &by_id_path("a1"), ResponseTemplate::new(200).set_body_json(agent("b2")), None).await;
+    let client = mock_client(&server).await;
+    let error = client.get_agent(&id("a1"), None).await.unwrap_err();
+    assert!(matches!(error, ApiError::Malformed { transient: false, .. }), "{error}");
+    assert!(
+        error.to_string().contains("asked for agent a1") && error.to_string().contains("agent b2"),
+        "{error}"
+    );
+    assert_eq!(received(&server).await.0, 1, "a wrong record is not retried");
+}
+
+#[tokio::test]
 async fn forbidden_names_the_missing_permission_and_is_not_retried() {
     let server = mock_server().await;
     answer(&server, &by_id_path("a1"), api_error(403, "Forbidden", "no"), None).await;

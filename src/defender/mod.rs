@@ -203,10 +203,21 @@ impl DefenderClient {
             Err(ApiError::NotFound { .. }) => return Ok(None),
             Err(error) => return Err(error),
         };
-        match envelope::single_agent(body)? {
-            Some(raw) => Ok(Some(AgentRecord::from_json(raw)?)),
-            None => Ok(None),
+        let Some(raw) = envelope::single_agent(body)? else { return Ok(None) };
+        let record = AgentRecord::from_json(raw)?;
+        // Stored under the ID it carries, so another agent's record (a caching proxy, a
+        // gateway bug) would silently overwrite that agent and never refresh this one.
+        if record.id != *id {
+            return Err(ApiError::Malformed {
+                what: format!(
+                    "asked for agent {id}, the by-ID endpoint answered with agent {}; nothing was stored for \
+                     either (a caching proxy between this host and defender.api_base_url could do this)",
+                    record.id
+                ),
+                transient: false,
+            });
         }
+        Ok(Some(record))
     }
 
     /// Every page of the list endpoint, following `@odata.nextLink` until there is none.
