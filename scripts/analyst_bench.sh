@@ -102,6 +102,7 @@ one agent: versions|SELECT valid_from, valid_to, scanner_software_version, mde_c
 one agent: changes|SELECT field, old_value, new_value, changed_at FROM scan_agent_version_changes WHERE agent_id = 'agent-01234' ORDER BY changed_at
 one agent: last 20 lastSeen|SELECT last_seen, observed_at FROM scan_agent_last_seen WHERE agent_id = 'agent-01234' ORDER BY last_seen DESC LIMIT 20
 upgraded last week|SELECT agent_id, old_value, new_value, changed_at FROM scan_agent_version_changes WHERE field = 'scanner_software_version' AND changed_at >= now() - interval '7 days' ORDER BY changed_at
+every change last week, all fields|SELECT agent_id, field, old_value, new_value, changed_at FROM scan_agent_version_changes WHERE changed_at >= now() - interval '7 days' ORDER BY changed_at
 scan_agent_versions_daily (30 days)|SELECT * FROM scan_agent_versions_daily
 scan_agent_versions_per_day, 90 days|SELECT * FROM scan_agent_versions_per_day(current_date - 89, current_date)
 EOF

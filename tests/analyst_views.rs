@@ -55,7 +55,8 @@ fn history() -> Vec<Version> {
 async fn hand_made_history() -> (PoolConnection<Postgres>, NaiveDate, Vec<i64>) {
     let store = support::fresh_store().await;
     // The agents' current state (scan_agents), as the service would hold it.
-    let current = [("a1", Some("7.2"), "01"), ("a2", Some("7.2"), "02"), ("a3", None, "03"), ("a4", Some("7.1"), "04")];
+    let current =
+        [("a1", Some("7.2"), "01"), ("a2", Some("7.2"), "02"), ("a3", None, "03"), ("a4", Some("7.1"), "04")];
     let records = current
         .iter()
         .map(|(id, scanner, hour)| {
@@ -121,15 +122,23 @@ async fn changes(conn: &mut PoolConnection<Postgres>, day0: NaiveDate, filter: &
 #[tokio::test]
 async fn version_changes_pair_each_version_with_its_predecessor_per_attribute() {
     let (mut conn, day0, ids) = hand_made_history().await;
-    let change = |agent: &str, field: &str, old: Option<&str>, new: Option<&str>, minute, id: i64| -> Change {
-        (agent.into(), field.into(), old.map(Into::into), new.map(Into::into), at(day0, minute), id)
-    };
+    let change =
+        |agent: &str, field: &str, old: Option<&str>, new: Option<&str>, minute, id: i64| -> Change {
+            (agent.into(), field.into(), old.map(Into::into), new.map(Into::into), at(day0, minute), id)
+        };
     let all = vec![
         change("a1", "mde_client_version", Some("m1"), Some("m2"), minutes(2, 12, 0), ids[1]),
         change("a1", "scanner_software_version", Some("7.1"), Some("7.2"), minutes(2, 12, 0), ids[1]),
         change("a2", "scanner_software_version", None, Some("7.2"), minutes(3, 23, 30), ids[4]),
         change("a3", "scanner_software_version", Some("7.1"), None, minutes(4, 0, 0), ids[6]),
-        change("a1", "computer_dns_name", Some("a1.example.org"), Some("a1-new.example.org"), minutes(5, 8, 0), ids[2]),
+        change(
+            "a1",
+            "computer_dns_name",
+            Some("a1.example.org"),
+            Some("a1-new.example.org"),
+            minutes(5, 8, 0),
+            ids[2],
+        ),
     ];
     let pick = |rows: &[usize]| rows.iter().map(|&i| all[i].clone()).collect::<Vec<_>>();
 
@@ -172,32 +181,47 @@ async fn versions_per_day_count_the_versions_valid_at_the_end_of_each_day() {
 
     // The day before the first version has no rows; then day by day.
     let expected: Vec<DayCount> = (0..=7).flat_map(|offset| expected_day(day0, offset)).collect();
-    let rows = per_day(&mut conn, "SELECT * FROM scan_agent_versions_per_day($1::date - 1, $1::date + 7)", day0).await;
+    let rows =
+        per_day(&mut conn, "SELECT * FROM scan_agent_versions_per_day($1::date - 1, $1::date + 7)", day0)
+            .await;
     assert_eq!(rows, expected);
 
     // A period starting after the history began: the census at its first day is right.
     let expected: Vec<DayCount> = (3..=4).flat_map(|offset| expected_day(day0, offset)).collect();
-    let rows = per_day(&mut conn, "SELECT * FROM scan_agent_versions_per_day($1::date + 3, $1::date + 4)", day0).await;
+    let rows =
+        per_day(&mut conn, "SELECT * FROM scan_agent_versions_per_day($1::date + 3, $1::date + 4)", day0)
+            .await;
     assert_eq!(rows, expected);
 
     // The daily view: the last 30 days, day 0 being ten days ago, so 11 days with agents.
     let expected: Vec<DayCount> = (0..=10).flat_map(|offset| expected_day(day0, offset)).collect();
-    let rows = per_day(&mut conn, "SELECT * FROM scan_agent_versions_daily WHERE $1::date IS NOT NULL", day0).await;
+    let rows =
+        per_day(&mut conn, "SELECT * FROM scan_agent_versions_daily WHERE $1::date IS NOT NULL", day0).await;
     assert_eq!(rows, expected);
 
     // Days of the session time zone: in India (UTC+05:30) day 3 ends at 18:30 UTC, before a2
     // got 7.2 (23:30 UTC) and before a3 lost its version (midnight UTC).
     sqlx::query("SET TIME ZONE 'Asia/Kolkata'").execute(&mut *conn).await.unwrap();
-    let rows = per_day(&mut conn, "SELECT * FROM scan_agent_versions_per_day($1::date + 3, $1::date + 4)", day0).await;
-    let mut expected = vec![(day(day0, 3), Some("7.1".into()), 1), (day(day0, 3), Some("7.2".into()), 1), (day(day0, 3), None, 1)];
+    let rows =
+        per_day(&mut conn, "SELECT * FROM scan_agent_versions_per_day($1::date + 3, $1::date + 4)", day0)
+            .await;
+    let mut expected = vec![
+        (day(day0, 3), Some("7.1".into()), 1),
+        (day(day0, 3), Some("7.2".into()), 1),
+        (day(day0, 3), None, 1),
+    ];
     expected.extend(expected_day(day0, 4));
     assert_eq!(rows, expected);
 }
 
+/// A row of scan_agent_version_distribution: version, agents, missing agents, percent (as
+/// text), oldest and newest last_seen.
+type Share = (Option<String>, i64, i64, String, DateTime<Utc>, DateTime<Utc>);
+
 #[tokio::test]
 async fn version_distribution_counts_current_agents_per_scanner_version() {
     let (mut conn, _, _) = hand_made_history().await;
-    let rows: Vec<(Option<String>, i64, i64, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<Share> = sqlx::query_as(
         "SELECT scanner_software_version, agents, missing_agents, percent::text, oldest_last_seen, newest_last_seen
          FROM scan_agent_version_distribution ORDER BY scanner_software_version",
     )
