@@ -7,13 +7,15 @@
 -- instant are the versions opened since then paired with the versions closed since then —
 -- two index ranges — rather than one index probe per opened version for its predecessor,
 -- and the agents per version at the end of a past day are the current ones minus the
--- versions opened after that day plus the versions closed after it.
+-- versions opened after that day plus the versions closed after it. (The old changes view
+-- took an arbitrary one of several versions closed at the same instant; the diff engine
+-- never writes more than one, and for such histories both definitions give the same rows.)
 
 -- Instants and scanner versions as index keys (not INCLUDE columns): the keys deduplicate
 -- (a sync cycle stamps all its changes with one instant, and a fleet runs few versions), so
 -- these indexes stay small, and the per-instant counts come from index-only scans in key
--- order. They replace the three indexes that served the old definitions, so the diff engine
--- maintains one index fewer per version row.
+-- order. They replace the three indexes that served the old definitions (valid_from twice,
+-- valid_to covering valid_from), so the diff engine maintains as many indexes as before.
 CREATE INDEX scan_agent_versions_from_scanner_idx
     ON scan_agent_versions (valid_from, scanner_software_version);
 CREATE INDEX scan_agent_versions_to_scanner_idx
@@ -41,6 +43,8 @@ AS $$
            max(a.value) FILTER (WHERE s.opened),
            s.at,
            max(s.version_id) FILTER (WHERE s.opened)
+    -- Current versions join the closed side with a NULL instant, at which nothing opened, so
+    -- HAVING drops them (a WHERE valid_to IS NOT NULL would only add a subquery scan).
     FROM (
         SELECT v.agent_id, v.valid_from, true, v.version_id, v.machine_id, v.computer_dns_name,
                v.assigned_application_id, v.scanner_software_version, v.mde_client_version
@@ -58,7 +62,6 @@ AS $$
         WHEN 'machine_id' THEN s.machine_id
         WHEN 'assigned_application_id' THEN s.assigned_application_id
     END) AS a (value)
-    -- The group key starts with the instant, the leading column of both index ranges.
     GROUP BY s.at, s.agent_id
     -- A first version (nothing closed) and a version closed without a successor are not
     -- changes. (All conditions sit in HAVING, none in an outer WHERE: a query level without
