@@ -20,9 +20,9 @@ CREATE INDEX scan_agent_versions_from_scanner_idx
     ON scan_agent_versions (valid_from, scanner_software_version);
 CREATE INDEX scan_agent_versions_to_scanner_idx
     ON scan_agent_versions (valid_to, scanner_software_version) WHERE valid_to IS NOT NULL;
-DROP INDEX scan_agent_versions_valid_from_idx;
-DROP INDEX scan_agent_versions_from_cover_idx;
-DROP INDEX scan_agent_versions_valid_to_idx;
+DROP INDEX IF EXISTS scan_agent_versions_valid_from_idx;
+DROP INDEX IF EXISTS scan_agent_versions_from_cover_idx;
+DROP INDEX IF EXISTS scan_agent_versions_valid_to_idx;
 -- The census of current versions by scanner version, from the index alone.
 CREATE INDEX scan_agent_versions_current_scanner_idx
     ON scan_agent_versions (scanner_software_version) WHERE valid_to IS NULL;
