@@ -105,6 +105,7 @@ upgraded last week|SELECT agent_id, old_value, new_value, changed_at FROM scan_a
 every change last week, all fields|SELECT agent_id, field, old_value, new_value, changed_at FROM scan_agent_version_changes WHERE changed_at >= now() - interval '7 days' ORDER BY changed_at
 scan_agent_versions_daily (30 days)|SELECT * FROM scan_agent_versions_daily
 scan_agent_versions_per_day, 90 days|SELECT * FROM scan_agent_versions_per_day(current_date - 89, current_date)
+per_day, 90 days ending 90 days ago|SELECT * FROM scan_agent_versions_per_day(current_date - 179, current_date - 90)
 EOF
 )
 
