@@ -106,6 +106,8 @@ every change last week, all fields|SELECT agent_id, field, old_value, new_value,
 scan_agent_versions_daily (30 days)|SELECT * FROM scan_agent_versions_daily
 scan_agent_versions_per_day, 90 days|SELECT * FROM scan_agent_versions_per_day(current_date - 89, current_date)
 per_day, 90 days ending 90 days ago|SELECT * FROM scan_agent_versions_per_day(current_date - 179, current_date - 90)
+changes joined per agent, LATERAL|SELECT a.agent_id, c.field, c.old_value, c.new_value, c.changed_at FROM scan_agents a CROSS JOIN LATERAL (SELECT * FROM scan_agent_version_changes c WHERE c.agent_id = a.agent_id OFFSET 0) c WHERE a.computer_dns_name = 'host-5-b.example.org'
+changes joined per agent, plain JOIN|SELECT a.agent_id, c.field, c.old_value, c.new_value, c.changed_at FROM scan_agents a JOIN scan_agent_version_changes c ON c.agent_id = a.agent_id WHERE a.computer_dns_name = 'host-5-b.example.org'
 EOF
 )
 
