@@ -107,11 +107,12 @@ fn day(day0: NaiveDate, offset: u64) -> NaiveDate {
 
 type Change = (String, String, Option<String>, Option<String>, DateTime<Utc>, i64);
 
-/// scan_agent_version_changes under `filter` (which may use $1, day 0 as a date).
-async fn changes(conn: &mut PoolConnection<Postgres>, day0: NaiveDate, filter: &str) -> Vec<Change> {
+/// scan_agent_version_changes `c` under `rest`: a WHERE clause, or joins then a WHERE clause
+/// (which may use $1, day 0 as a date).
+async fn changes(conn: &mut PoolConnection<Postgres>, day0: NaiveDate, rest: &str) -> Vec<Change> {
     sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT agent_id, field, old_value, new_value, changed_at, version_id
-         FROM scan_agent_version_changes WHERE {filter} ORDER BY changed_at, field"
+        "SELECT c.agent_id, c.field, c.old_value, c.new_value, c.changed_at, c.version_id
+         FROM scan_agent_version_changes c {rest} ORDER BY c.changed_at, c.field"
     )))
     .bind(day0)
     .fetch_all(&mut **conn)
@@ -142,18 +143,39 @@ async fn version_changes_pair_each_version_with_its_predecessor_per_attribute() 
     ];
     let pick = |rows: &[usize]| rows.iter().map(|&i| all[i].clone()).collect::<Vec<_>>();
 
-    assert_eq!(changes(&mut conn, day0, "$1::date IS NOT NULL").await, all);
-    assert_eq!(changes(&mut conn, day0, "agent_id = 'a1'").await, pick(&[0, 1, 4]));
-    assert_eq!(changes(&mut conn, day0, "changed_at >= $1::date + 4").await, pick(&[3, 4]));
+    assert_eq!(changes(&mut conn, day0, "WHERE $1::date IS NOT NULL").await, all);
+    assert_eq!(changes(&mut conn, day0, "WHERE agent_id = 'a1'").await, pick(&[0, 1, 4]));
+    assert_eq!(changes(&mut conn, day0, "WHERE changed_at >= $1::date + 4").await, pick(&[3, 4]));
     assert_eq!(
-        changes(&mut conn, day0, "field = 'scanner_software_version' AND changed_at >= $1::date + 3").await,
+        changes(&mut conn, day0, "WHERE field = 'scanner_software_version' AND changed_at >= $1::date + 3")
+            .await,
         pick(&[2, 3])
     );
     assert_eq!(
-        changes(&mut conn, day0, "field = 'scanner_software_version' AND changed_at < $1::date + 3").await,
+        changes(&mut conn, day0, "WHERE field = 'scanner_software_version' AND changed_at < $1::date + 3")
+            .await,
         pick(&[1])
     );
-    assert_eq!(changes(&mut conn, day0, "field = 'machine_id'").await, []);
+    assert_eq!(changes(&mut conn, day0, "WHERE field = 'machine_id'").await, []);
+    // Joined as BI tools join it (the view must stay joinable by agent_id, docs/analysts.md).
+    assert_eq!(
+        changes(
+            &mut conn,
+            day0,
+            "JOIN scan_agents a USING (agent_id) WHERE a.computer_dns_name = 'a1.example.org'"
+        )
+        .await,
+        pick(&[0, 1, 4])
+    );
+    assert_eq!(
+        changes(
+            &mut conn,
+            day0,
+            "JOIN scan_agents a ON a.agent_id = c.agent_id WHERE c.changed_at >= $1::date + 3"
+        )
+        .await,
+        pick(&[2, 3, 4])
+    );
 }
 
 type DayCount = (NaiveDate, Option<String>, i64);
