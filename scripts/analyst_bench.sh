@@ -108,6 +108,8 @@ scan_agent_versions_per_day, 90 days|SELECT * FROM scan_agent_versions_per_day(c
 per_day, 90 days ending 90 days ago|SELECT * FROM scan_agent_versions_per_day(current_date - 179, current_date - 90)
 changes joined per agent, LATERAL|SELECT a.agent_id, c.field, c.old_value, c.new_value, c.changed_at FROM scan_agents a CROSS JOIN LATERAL (SELECT * FROM scan_agent_version_changes c WHERE c.agent_id = a.agent_id OFFSET 0) c WHERE a.computer_dns_name = 'host-5-b.example.org'
 changes joined per agent, plain JOIN|SELECT a.agent_id, c.field, c.old_value, c.new_value, c.changed_at FROM scan_agents a JOIN scan_agent_version_changes c ON c.agent_id = a.agent_id WHERE a.computer_dns_name = 'host-5-b.example.org'
+changes joined USING, one agent|SELECT a.computer_dns_name, c.field, c.old_value, c.new_value, c.changed_at FROM scan_agent_version_changes c JOIN scan_agents a USING (agent_id) WHERE a.agent_id = 'agent-01234'
+one field, 10 days a month ago|SELECT agent_id, old_value, new_value, changed_at FROM scan_agent_version_changes WHERE field = 'mde_client_version' AND changed_at >= now() - interval '40 days' AND changed_at < now() - interval '30 days' ORDER BY changed_at
 EOF
 )
 
