@@ -45,15 +45,23 @@ pub const APPLY_LOCK: i64 = 0x5CA5_0001;
 pub enum StoreError {
     #[error("database.url is not a valid PostgreSQL URL: {0}")]
     BadUrl(String),
-    #[error(
-        "cannot connect to PostgreSQL at {target}: {source}. {}",
-        hint(source).unwrap_or("Is the server running and is database.url right? (locally: `pg_ctlcluster 15 main start`)")
-    )]
+    #[error("cannot connect to PostgreSQL at {target}: {source}. {}", connect_hint(source))]
     Connect { target: String, source: sqlx::Error },
     #[error("applying database migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error while {what}: {source}{}", hint(source).map(|h| format!(". {h}")).unwrap_or_default())]
     Query { what: &'static str, source: sqlx::Error },
+}
+
+/// What to do when the first connection fails. No connection exists yet, so a pool timeout
+/// here means the server never answered, not that the pool was busy.
+fn connect_hint(source: &sqlx::Error) -> &'static str {
+    const NO_SERVER: &str =
+        "Is the server running and is database.url right? (locally: `pg_ctlcluster 15 main start`)";
+    match source {
+        sqlx::Error::PoolTimedOut => NO_SERVER,
+        other => hint(other).unwrap_or(NO_SERVER),
+    }
 }
 
 /// What to do about the failures an operator can fix without a code change: the ones the
