@@ -130,7 +130,7 @@ fn run_check(fixture: &Fixture) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "check failed ({}):\n{stdout}\n{stderr}", output.status);
     let lines: Vec<&str> = stdout.lines().filter(|line| !line.starts_with("all ")).collect();
-    assert_eq!(lines.len(), 5, "four history invariants and one window:\n{stdout}");
+    assert_eq!(lines.len(), 6, "five history invariants and one window:\n{stdout}");
     assert!(lines.iter().all(|line| line.starts_with("ok ")), "{stdout}");
     stdout
 }
@@ -328,8 +328,10 @@ async fn check_names_each_violated_invariant_and_exits_1() {
                 ('agent-gap', '1', '2026-01-01', '2026-01-02'),
                 ('agent-gap', '3', '2026-01-03', NULL),
                 ('agent-unseen', '1', '2026-01-01', NULL);
+         ALTER TABLE scan_agent_last_seen DROP CONSTRAINT IF EXISTS scan_agent_last_seen_agent_id_fkey;
          INSERT INTO scan_agent_last_seen (agent_id, last_seen, observed_at)
-         VALUES ('agent-two-open', '2026-01-01', now()), ('agent-gap', '2026-01-01', now());
+         VALUES ('agent-two-open', '2026-01-01', now()), ('agent-gap', '2026-01-01', now()),
+                ('agent-gone', '2026-01-01', now());
          INSERT INTO api_calls (called_at, endpoint)
          VALUES ('2026-01-01 00:00:00', 'by-id'), ('2026-01-01 00:00:00.5', 'by-id'),
                 ('2026-01-01 00:00:00.999', 'by-id'), ('2026-01-01 00:00:02', 'by-id');",
@@ -362,9 +364,11 @@ async fn check_names_each_violated_invariant_and_exits_1() {
     assert!(last_seen.starts_with("VIOLATED") && last_seen.contains("e.g. agent-unseen"), "{stdout}");
     let matches = line("current_version_matches");
     assert!(matches.starts_with("VIOLATED") && matches.contains("e.g. agent-gap"), "{stdout}");
+    let orphans = line("history_has_agents");
+    assert!(orphans.starts_with("VIOLATED") && orphans.contains("e.g. agent-gone"), "{stdout}");
     let window = line("rate_window_2/1s");
     assert!(window.starts_with("VIOLATED") && window.contains("1 violation(s)"), "{stdout}");
-    assert!(stdout.contains("5 of 5 invariants violated"), "{stdout}");
+    assert!(stdout.contains("6 of 6 invariants violated"), "{stdout}");
 
     let json = support::output(fixture.command(&config, 0, "check").arg("--json"));
     assert_eq!(json.status.code(), Some(1));
@@ -378,6 +382,7 @@ async fn check_names_each_violated_invariant_and_exits_1() {
             "contiguous_versions",
             "last_seen_kept",
             "current_version_matches",
+            "history_has_agents",
             "rate_window_2/1s"
         ]
     );

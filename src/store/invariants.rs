@@ -36,7 +36,7 @@ impl Finding {
 }
 
 /// The history invariants: name, rule, and a query yielding one `subject` per violation.
-const HISTORY: [(&str, &str, &str); 4] = [
+const HISTORY: [(&str, &str, &str); 5] = [
     (
         "one_current_version",
         "every agent in scan_agents has exactly one current version (valid_to IS NULL)",
@@ -81,6 +81,17 @@ const HISTORY: [(&str, &str, &str); 4] = [
                IS DISTINCT FROM
                (a.machine_id, a.computer_dns_name, a.assigned_application_id,
                 a.scanner_software_version, a.mde_client_version)",
+    ),
+    (
+        // No foreign keys hold this: the diff engine writes both sides in one transaction,
+        // and checking it per inserted row cost more than the rest of a batch.
+        "history_has_agents",
+        "every agent in scan_agent_versions and scan_agent_last_seen is in scan_agents",
+        "SELECT v.agent_id AS subject FROM scan_agent_versions v
+         WHERE NOT EXISTS (SELECT 1 FROM scan_agents a WHERE a.agent_id = v.agent_id)
+         UNION
+         SELECT s.agent_id FROM scan_agent_last_seen s
+         WHERE NOT EXISTS (SELECT 1 FROM scan_agents a WHERE a.agent_id = s.agent_id)",
     ),
 ];
 
