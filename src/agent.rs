@@ -127,10 +127,16 @@ fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     Some(parsed.trunc_subsecs(6))
 }
 
+/// Longest excerpt of an unusable value quoted in an error, in bytes.
+const EXCERPT_BYTES: usize = 60;
+
 fn bad_field(id: &AgentId, field: &'static str, expected: &'static str, got: &Value) -> RecordError {
     let mut got = got.to_string();
-    if got.len() > 60 {
-        got.truncate(60);
+    if got.len() > EXCERPT_BYTES {
+        // Cut at a character boundary: the API's strings are arbitrary UTF-8, and cutting
+        // inside a character panics (found by fuzz/agent_record).
+        let cut = got.char_indices().map(|(at, _)| at).take_while(|&at| at <= EXCERPT_BYTES).last();
+        got.truncate(cut.unwrap_or(0));
         got.push_str("...");
     }
     RecordError::BadField { id: id.to_string(), field, expected, got }
@@ -203,6 +209,17 @@ mod tests {
         v.as_object_mut().unwrap().remove("lastSeen");
         let err = AgentRecord::from_json(v).unwrap_err();
         assert!(err.to_string().contains("lastSeen"), "{err}");
+    }
+
+    #[test]
+    fn a_long_bad_value_is_cut_between_characters() {
+        // 60 bytes into `"ééé…"` falls inside a two-byte character.
+        let mut v = documented();
+        v["lastSeen"] = json!("é".repeat(40));
+        let Err(RecordError::BadField { field: "lastSeen", got, .. }) = AgentRecord::from_json(v) else {
+            panic!("a lastSeen of 40 × é must be a bad field");
+        };
+        assert_eq!(got, format!("\"{}...", "é".repeat(29)));
     }
 
     #[test]
