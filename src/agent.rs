@@ -3,7 +3,7 @@
 //! The docs print some field names in PascalCase and the service metadata says camelCase,
 //! so names are matched case-insensitively; unknown fields are kept in `raw`.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, SubsecRound, Utc};
 use serde_json::{Map, Value};
 
 use crate::agent_id::{AgentId, AgentIdError};
@@ -118,11 +118,19 @@ fn optional_timestamp(
 }
 
 /// RFC 3339 with 0 to 9 fractional digits (the API sends up to 7), truncated to microseconds.
-/// A timestamp without an offset is taken as UTC, which is what the API means by it.
+/// A timestamp without an offset is taken as UTC, which is what the API means by it; its year
+/// must have RFC 3339's four digits too, since chrono's `%Y` also takes signed and longer
+/// years, and one PostgreSQL cannot store (before 4714 BC) would fail the whole batch at
+/// apply, not just this record (found by fuzz/agent_record).
 fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     let parsed = DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .or_else(|_| chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc()))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+                .map(|t| t.and_utc())
+                .map_err(|_| ())
+                .and_then(|t| if (0..=9999).contains(&t.year()) { Ok(t) } else { Err(()) })
+        })
         .ok()?;
     Some(parsed.trunc_subsecs(6))
 }
@@ -201,6 +209,16 @@ mod tests {
             let t = parse_timestamp(text).unwrap();
             assert_eq!(t.timestamp_subsec_micros(), micros, "{text}");
         }
+    }
+
+    #[test]
+    fn years_outside_four_digits_are_refused() {
+        // chrono's `%Y` would take these; PostgreSQL cannot store the first.
+        for text in ["-9715-05-08T12:18:41.5389", "+12345-05-08T12:18:41", "10000-01-01T00:00:00"] {
+            assert_eq!(parse_timestamp(text), None, "{text}");
+        }
+        assert_eq!(parse_timestamp("0000-01-01T00:00:00").map(|t| t.year()), Some(0));
+        assert_eq!(parse_timestamp("9999-12-31T23:59:59").map(|t| t.year()), Some(9999));
     }
 
     #[test]
