@@ -222,6 +222,16 @@ mod tests {
     }
 
     #[test]
+    fn numbers_in_raw_survive_a_round_trip() {
+        // Without serde_json's `float_roundtrip` this parses to a float whose shortest
+        // printing reads back as another float, so `raw` was not the payload as received.
+        let text = r#"{"id":"a","lastSeen":"2022-05-08T12:18:41Z","extra":417777777777777.5382}"#;
+        let record = AgentRecord::from_json(serde_json::from_str(text).unwrap()).unwrap();
+        let again: Value = serde_json::from_str(&record.raw.to_string()).unwrap();
+        assert_eq!(again, record.raw);
+    }
+
+    #[test]
     fn missing_last_seen_fails_only_this_record() {
         let mut v = documented();
         v.as_object_mut().unwrap().remove("lastSeen");
