@@ -70,7 +70,8 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-/// Under `cargo test --all-targets`: a second-long cycle and 100 agents, for a few seconds.
+/// Under `cargo test --all-targets`: a second-long cycle and 100 agents, for a few seconds
+/// (too short for whole steady hours, so its calls per hour read NaN).
 const SMOKE: Scenario = Scenario {
     name: "smoke by-id",
     mode: "by-id",
