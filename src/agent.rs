@@ -3,7 +3,7 @@
 //! The docs print some field names in PascalCase and the service metadata says camelCase,
 //! so names are matched case-insensitively; unknown fields are kept in `raw`.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, SubsecRound, Utc};
 use serde_json::{Map, Value};
 
 use crate::agent_id::{AgentId, AgentIdError};
@@ -118,19 +118,33 @@ fn optional_timestamp(
 }
 
 /// RFC 3339 with 0 to 9 fractional digits (the API sends up to 7), truncated to microseconds.
-/// A timestamp without an offset is taken as UTC, which is what the API means by it.
+/// A timestamp without an offset is taken as UTC, which is what the API means by it; its year
+/// must have RFC 3339's four digits too, since chrono's `%Y` also takes signed and longer
+/// years, and one PostgreSQL cannot store (before 4714 BC) would fail the whole batch at
+/// apply, not just this record (found by fuzz/agent_record).
 fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     let parsed = DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .or_else(|_| chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc()))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+                .map(|t| t.and_utc())
+                .map_err(|_| ())
+                .and_then(|t| if (0..=9999).contains(&t.year()) { Ok(t) } else { Err(()) })
+        })
         .ok()?;
     Some(parsed.trunc_subsecs(6))
 }
 
+/// Longest excerpt of an unusable value quoted in an error, in bytes.
+const EXCERPT_BYTES: usize = 60;
+
 fn bad_field(id: &AgentId, field: &'static str, expected: &'static str, got: &Value) -> RecordError {
     let mut got = got.to_string();
-    if got.len() > 60 {
-        got.truncate(60);
+    if got.len() > EXCERPT_BYTES {
+        // Cut at a character boundary: the API's strings are arbitrary UTF-8, and cutting
+        // inside a character panics (found by fuzz/agent_record).
+        let cut = got.char_indices().map(|(at, _)| at).take_while(|&at| at <= EXCERPT_BYTES).last();
+        got.truncate(cut.unwrap_or(0));
         got.push_str("...");
     }
     RecordError::BadField { id: id.to_string(), field, expected, got }
@@ -198,11 +212,42 @@ mod tests {
     }
 
     #[test]
+    fn years_outside_four_digits_are_refused() {
+        // chrono's `%Y` would take these; PostgreSQL cannot store the first.
+        for text in ["-9715-05-08T12:18:41.5389", "+12345-05-08T12:18:41", "10000-01-01T00:00:00"] {
+            assert_eq!(parse_timestamp(text), None, "{text}");
+        }
+        assert_eq!(parse_timestamp("0000-01-01T00:00:00").map(|t| t.year()), Some(0));
+        assert_eq!(parse_timestamp("9999-12-31T23:59:59").map(|t| t.year()), Some(9999));
+    }
+
+    #[test]
+    fn numbers_in_raw_survive_a_round_trip() {
+        // Without serde_json's `float_roundtrip` this parses to a float whose shortest
+        // printing reads back as another float, so `raw` was not the payload as received.
+        let text = r#"{"id":"a","lastSeen":"2022-05-08T12:18:41Z","extra":417777777777777.5382}"#;
+        let record = AgentRecord::from_json(serde_json::from_str(text).unwrap()).unwrap();
+        let again: Value = serde_json::from_str(&record.raw.to_string()).unwrap();
+        assert_eq!(again, record.raw);
+    }
+
+    #[test]
     fn missing_last_seen_fails_only_this_record() {
         let mut v = documented();
         v.as_object_mut().unwrap().remove("lastSeen");
         let err = AgentRecord::from_json(v).unwrap_err();
         assert!(err.to_string().contains("lastSeen"), "{err}");
+    }
+
+    #[test]
+    fn a_long_bad_value_is_cut_between_characters() {
+        // 60 bytes into `"ééé…"` falls inside a two-byte character.
+        let mut v = documented();
+        v["lastSeen"] = json!("é".repeat(40));
+        let Err(RecordError::BadField { field: "lastSeen", got, .. }) = AgentRecord::from_json(v) else {
+            panic!("a lastSeen of 40 × é must be a bad field");
+        };
+        assert_eq!(got, format!("\"{}...", "é".repeat(29)));
     }
 
     #[test]

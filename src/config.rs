@@ -23,7 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::{DeserializeOwned, Error as _, Unexpected};
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub use self::agents::AgentsSettings;
+pub use self::agents::{AgentsSettings, parse_ids_file};
 pub use self::defender::{Cloud, DefenderSettings, FetchMode};
 pub use self::error::{ConfigError, ConfigProblem};
 pub(crate) use self::url::redact_url;

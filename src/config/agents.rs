@@ -46,8 +46,7 @@ fn inline_place(index: usize) -> String {
     format!("agents.ids[{index}]")
 }
 
-/// Reads an ID file: one ID per line; blank lines, whole-line `#` comments and `#` comments
-/// after whitespace are ignored. Each ID comes with its `FILE:LINE` for error messages.
+/// Reads an ID file and parses it with [`parse_ids_file`].
 fn read_ids_file(path: &Path) -> Result<Vec<(AgentId, String)>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| {
         ConfigProblem::new(
@@ -57,10 +56,19 @@ fn read_ids_file(path: &Path) -> Result<Vec<(AgentId, String)>, ConfigError> {
         )
         .at(path.display())
     })?;
+    parse_ids_file(&text, &path.display().to_string())
+}
+
+/// Parses the text of an ID file: one ID per line; blank lines, whole-line `#` comments and
+/// `#` comments after whitespace are ignored. Each ID comes with its `NAME:LINE` (`name` is
+/// how the file is shown, usually its path) for error messages; every bad line is reported.
+///
+/// Public, apart from the file reading, so the fuzz target (`fuzz/`) can feed it any text.
+pub fn parse_ids_file(text: &str, name: &str) -> Result<Vec<(AgentId, String)>, ConfigError> {
     let mut ids = Vec::new();
     let mut problems = Vec::new();
     for (index, line) in text.lines().enumerate() {
-        let place = format!("{}:{}", path.display(), index + 1);
+        let place = format!("{name}:{}", index + 1);
         let entry = strip_comment(line).trim();
         if entry.is_empty() {
             continue;
