@@ -67,6 +67,9 @@ fn read_ids_file(path: &Path) -> Result<Vec<(AgentId, String)>, ConfigError> {
 pub fn parse_ids_file(text: &str, name: &str) -> Result<Vec<(AgentId, String)>, ConfigError> {
     let mut ids = Vec::new();
     let mut problems = Vec::new();
+    // Windows editors save UTF-8 with a byte-order mark; kept, it would become part of the
+    // first ID, which would then never match an agent.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (index, line) in text.lines().enumerate() {
         let place = format!("{name}:{}", index + 1);
         let entry = strip_comment(line).trim();
@@ -187,6 +190,12 @@ mod tests {
         assert_eq!(strip_comment("abc # trailing"), "abc ");
         assert_eq!(strip_comment("abc\t#trailing"), "abc\t");
         assert_eq!(strip_comment("ab#c"), "ab#c");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_id() {
+        let ids = parse_ids_file("\u{feff}first\nsecond\n", "/f").unwrap();
+        assert_eq!(ids[0], (AgentId::parse("first").unwrap(), "/f:1".to_owned()));
     }
 
     #[test]
