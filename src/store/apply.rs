@@ -41,7 +41,7 @@ impl Store {
     pub async fn plan(&self, fetched: Vec<AgentRecord>, missing: &[AgentId]) -> Result<Diff, StoreError> {
         let fetched = dedup_batch(fetched);
         let mut conn = self.pool.acquire().await.during("connecting to plan a batch")?;
-        let stored = load_stored(&mut conn, &fetched, missing).await?;
+        let stored = load_stored(&mut conn, &batch_ids(&fetched, missing), fetched.len()).await?;
         Ok(Diff::compute(&stored.agents, &fetched, missing))
     }
 
@@ -59,9 +59,10 @@ impl Store {
         // A connection's prepared statements switch to a generic plan after five runs, and
         // a generic plan guesses 10 rows for `UNNEST` of a parameter, so 100k-row batches
         // got 100k index probes; planning each run with the actual arrays picks hash joins
-        // for big batches and index probes for small ones. The hash of a 100k-row join
-        // needs more than the default 4 MB to stay in one batch.
-        sqlx::raw_sql("SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL work_mem = '64MB'")
+        // for big batches and index probes for small ones. A 100k-row batch needs more than
+        // the default 4 MB of work_mem to hash its joins and hold its UNNEST rows in memory
+        // rather than in temporary files.
+        sqlx::raw_sql("SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL work_mem = '256MB'")
             .execute(&mut *tx)
             .await
             .during("tuning the batch transaction")?;
@@ -70,9 +71,19 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .during("reading the database clock")?;
-        let stored = load_stored(&mut tx, &fetched, missing).await?;
+        let ids = batch_ids(&fetched, missing);
+        let fetched_count = fetched.len();
+        // Serializing and hashing 100k payloads takes about as long as reading their stored
+        // rows; on a blocking thread it runs while the server answers the read.
+        let hashing = tokio::task::spawn_blocking(move || {
+            let payloads = Payloads::of(&fetched);
+            (fetched, payloads)
+        });
+        let stored = load_stored(&mut tx, &ids, fetched_count).await;
+        let (fetched, payloads) = hashing.await.expect("hashing payloads cannot panic");
+        let stored = stored?;
         let diff = Diff::compute(&stored.agents, &fetched, missing);
-        write(&mut tx, &fetched, &stored.raw_sha256, &diff, applied_at).await?;
+        write(&mut tx, &fetched, payloads, &stored.raw_sha256, &diff, applied_at).await?;
         tx.commit().await.during("committing the batch")?;
         Ok(Applied { diff, applied_at })
     }
@@ -101,12 +112,18 @@ struct StoredRow {
     raw_sha256: Option<Vec<u8>>,
 }
 
+/// The IDs whose stored state a batch needs: the fetched ones first, then the missing ones.
+fn batch_ids(fetched: &[AgentRecord], missing: &[AgentId]) -> Vec<AgentId> {
+    fetched.iter().map(|r| r.id.clone()).chain(missing.iter().cloned()).collect()
+}
+
+/// Reads the stored state of `ids` (see [`batch_ids`]), of which the first `fetched_count`
+/// were fetched.
 async fn load_stored(
     conn: &mut PgConnection,
-    fetched: &[AgentRecord],
-    missing: &[AgentId],
+    ids: &[AgentId],
+    fetched_count: usize,
 ) -> Result<Stored, StoreError> {
-    let ids: Vec<&AgentId> = fetched.iter().map(|r| &r.id).chain(missing).collect();
     let texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
     // Rows come back keyed by their position in `ids`, so no ID text is sent back or parsed.
     let rows: Vec<StoredRow> = sqlx::query_as(
@@ -122,7 +139,7 @@ async fn load_stored(
     .during("reading the stored agents")?;
     let mut stored = Stored {
         agents: HashMap::with_capacity(rows.len()),
-        raw_sha256: vec![None; fetched.len()],
+        raw_sha256: vec![None; fetched_count],
     };
     for row in rows {
         let index = usize::try_from(row.position - 1).expect("ORDINALITY counts from 1");
@@ -182,33 +199,41 @@ struct StateColumns<'a> {
 }
 
 impl<'a> StateColumns<'a> {
-    fn push(&mut self, record: &'a AgentRecord, payload: Payload, changed: bool) {
+    fn push(&mut self, record: &'a AgentRecord, raw: String, raw_sha256: Vec<u8>, changed: bool) {
         self.attributes.push(record);
         self.last_seen.push(record.last_seen);
         self.last_command_execution_at.push(record.last_command_execution_at);
-        self.raw.push(payload.text);
-        self.raw_sha256.push(payload.sha256);
+        self.raw.push(raw);
+        self.raw_sha256.push(raw_sha256);
         self.changed.push(changed);
     }
 }
 
-/// A fetched payload as stored: its text and the hash unchanged payloads are recognized by.
-struct Payload {
-    text: String,
-    sha256: Vec<u8>,
+/// Each fetched payload as stored: its text, and the hash an unchanged payload is recognized
+/// by, parallel to the batch.
+struct Payloads {
+    text: Vec<String>,
+    sha256: Vec<Vec<u8>>,
 }
 
-impl Payload {
-    fn of(record: &AgentRecord) -> Payload {
-        let text = record.raw.to_string();
-        let sha256 = Sha256::digest(text.as_bytes()).to_vec();
-        Payload { text, sha256 }
+impl Payloads {
+    fn of(fetched: &[AgentRecord]) -> Payloads {
+        let (text, sha256) = fetched
+            .iter()
+            .map(|record| {
+                let text = record.raw.to_string();
+                let sha256 = Sha256::digest(text.as_bytes()).to_vec();
+                (text, sha256)
+            })
+            .unzip();
+        Payloads { text, sha256 }
     }
 }
 
 async fn write(
     tx: &mut Transaction<'_, Postgres>,
     fetched: &[AgentRecord],
+    payloads: Payloads,
     stored_sha256: &[Option<Vec<u8>>],
     diff: &Diff,
     at: DateTime<Utc>,
@@ -220,13 +245,15 @@ async fn write(
     let mut closed_versions: Vec<&str> = Vec::new();
     let mut seen_ids: Vec<&str> = Vec::new();
     let mut seen_values: Vec<DateTime<Utc>> = Vec::new();
-    for ((record, agent), stored_sha256) in fetched.iter().zip(&diff.agents).zip(stored_sha256) {
-        let payload = Payload::of(record);
+    let payloads = payloads.text.into_iter().zip(payloads.sha256);
+    for (((record, agent), stored_sha256), (raw, sha256)) in
+        fetched.iter().zip(&diff.agents).zip(stored_sha256).zip(payloads)
+    {
         match agent.status {
-            Status::New => inserts.push(record, payload, true),
-            Status::Changed => rewrites.push(record, payload, true),
-            Status::Unchanged if stored_sha256.as_ref() != Some(&payload.sha256) => {
-                rewrites.push(record, payload, false);
+            Status::New => inserts.push(record, raw, sha256, true),
+            Status::Changed => rewrites.push(record, raw, sha256, true),
+            Status::Unchanged if stored_sha256.as_ref() != Some(&sha256) => {
+                rewrites.push(record, raw, sha256, false);
             }
             Status::Unchanged => {}
         }
