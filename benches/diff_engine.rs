@@ -182,16 +182,18 @@ async fn establish(store: &Store, workload: Workload, n: usize) -> anyhow::Resul
         "TRUNCATE scan_agent_last_seen, scan_agent_versions, scan_agent_fetches, scan_agent_state
          RESTART IDENTITY CASCADE",
     )
-        .execute(pool)
-        .await
-        .context("truncating the agent tables")?;
+    .execute(pool)
+    .await
+    .context("truncating the agent tables")?;
     if workload != Workload::AllNew {
         store.apply(batch(n, |_| 0), &[]).await.context("loading the base fleet")?;
     }
-    sqlx::raw_sql("VACUUM ANALYZE scan_agent_state, scan_agent_fetches, scan_agent_versions, scan_agent_last_seen")
-        .execute(pool)
-        .await
-        .context("vacuuming after the load")?;
+    sqlx::raw_sql(
+        "VACUUM ANALYZE scan_agent_state, scan_agent_fetches, scan_agent_versions, scan_agent_last_seen",
+    )
+    .execute(pool)
+    .await
+    .context("vacuuming after the load")?;
     Ok(())
 }
 

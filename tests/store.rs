@@ -138,7 +138,10 @@ async fn payload_only_change_rewrites_raw_but_is_no_change() {
     assert_eq!(counts(store.pool()).await, (1, 1, 1));
     let raw_of = || async {
         let (raw, changed): (Value, chrono::DateTime<chrono::Utc>) =
-            sqlx::query_as("SELECT raw, last_changed_at FROM scan_agents").fetch_one(store.pool()).await.unwrap();
+            sqlx::query_as("SELECT raw, last_changed_at FROM scan_agents")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
         assert_eq!(changed, first.applied_at, "a payload-only change does not move last_changed_at");
         raw
     };
@@ -146,7 +149,10 @@ async fn payload_only_change_rewrites_raw_but_is_no_change() {
 
     // A row whose payload hash is unknown (written before the hash was kept) gets `raw`
     // rewritten by the next fetch even though nothing else changed.
-    sqlx::query("UPDATE scan_agent_state SET raw = '{}', raw_sha256 = NULL").execute(store.pool()).await.unwrap();
+    sqlx::query("UPDATE scan_agent_state SET raw = '{}', raw_sha256 = NULL")
+        .execute(store.pool())
+        .await
+        .unwrap();
     let third = store.apply(vec![a], &[]).await.unwrap();
     assert!(third.diff.is_empty());
     let raw = raw_of().await;
