@@ -75,10 +75,12 @@ impl Store {
             .during("reading the database clock")?;
         let ids = batch_ids(&fetched, missing);
         let fetched_count = fetched.len();
-        // Serializing and hashing 100k payloads takes about as long as reading their stored
-        // rows; on a blocking thread it runs while the server answers the read.
+        // Serializing and hashing 100k payloads, and freeing their parsed form, takes about
+        // as long as reading their stored rows; on a blocking thread it runs while the
+        // server answers the read.
         let hashing = tokio::task::spawn_blocking(move || {
-            let payloads = Payloads::of(&fetched);
+            let mut fetched = fetched;
+            let payloads = Payloads::take(&mut fetched);
             (fetched, payloads)
         });
         let stored = load_stored(&mut tx, &ids, fetched_count).await;
@@ -259,11 +261,13 @@ struct Payloads {
 }
 
 impl Payloads {
-    fn of(fetched: &[AgentRecord]) -> Payloads {
+    /// Serializes each record's `raw` and leaves `Value::Null` in its place: from here on
+    /// the engine needs only the text.
+    fn take(fetched: &mut [AgentRecord]) -> Payloads {
         let (text, sha256) = fetched
-            .iter()
+            .iter_mut()
             .map(|record| {
-                let text = record.raw.to_string();
+                let text = std::mem::take(&mut record.raw).to_string();
                 let sha256 = Sha256::digest(text.as_bytes()).to_vec();
                 (text, sha256)
             })
