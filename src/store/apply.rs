@@ -99,7 +99,8 @@ impl Store {
 /// half of a 10k one. Until sqlx sets it again the engine sets it on the connection it
 /// applies through: the server names the client's port, and /proc maps that port to this
 /// process's socket. Best effort: over a Unix socket, or without /proc, nothing changes.
-async fn disable_nagle(conn: &mut PgConnection) {
+/// Public so the benchmark's comparator runs on equally configured connections.
+pub async fn disable_nagle(conn: &mut PgConnection) {
     let port: Option<i32> =
         sqlx::query_scalar("SELECT inet_client_port()").fetch_one(&mut *conn).await.ok().flatten();
     if let Some(fd) = port.and_then(|port| u16::try_from(port).ok()).and_then(socket_with_local_port) {
