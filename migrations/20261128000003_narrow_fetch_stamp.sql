@@ -29,8 +29,8 @@ ALTER TABLE scan_agent_state ADD COLUMN raw_sha256 bytea;
 
 -- Each history row belongs to an agent the same transaction has just inserted or read
 -- under the apply lock, and agents are never deleted, so the per-row foreign-key checks
--- (≈ 20 µs each, plus a row lock written on the parent) protected nothing the engine does
--- not already guarantee, and were a fifth of a fleet-wide upgrade's time.
+-- (≈ 10 µs each, plus a row lock written on the parent: about 2 s of a 100k-agent upgrade)
+-- protected nothing the engine does not already guarantee.
 ALTER TABLE scan_agent_versions DROP CONSTRAINT scan_agent_versions_agent_id_fkey;
 ALTER TABLE scan_agent_last_seen DROP CONSTRAINT scan_agent_last_seen_agent_id_fkey;
 
