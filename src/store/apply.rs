@@ -42,7 +42,7 @@ impl Store {
     pub async fn plan(&self, fetched: Vec<AgentRecord>, missing: &[AgentId]) -> Result<Diff, StoreError> {
         let fetched = dedup_batch(fetched);
         let mut conn = self.pool.acquire().await.during("connecting to plan a batch")?;
-        let stored = load_stored(&mut conn, &batch_ids(&fetched, missing), fetched.len()).await?;
+        let stored = load_stored(&mut conn, &batch_ids(&fetched, missing), fetched.len(), None).await?;
         Ok(Diff::compute(&stored.agents, &fetched, missing))
     }
 
@@ -83,7 +83,7 @@ impl Store {
             let payloads = Payloads::take(&mut fetched);
             (fetched, payloads)
         });
-        let stored = load_stored(&mut tx, &ids, fetched_count).await;
+        let stored = load_stored(&mut tx, &ids, fetched_count, Some(applied_at)).await;
         let (fetched, payloads) = hashing.await.expect("hashing payloads cannot panic");
         let stored = stored?;
         let diff = Diff::compute(&stored.agents, &fetched, missing);
@@ -164,26 +164,45 @@ fn batch_ids(fetched: &[AgentRecord], missing: &[AgentId]) -> Vec<AgentId> {
     fetched.iter().map(|r| r.id.clone()).chain(missing.iter().cloned()).collect()
 }
 
+/// The stored state of the agents in `u` (position, agent_id), by position in the IDs sent,
+/// so no ID text is sent back or parsed.
+macro_rules! select_stored {
+    () => {
+        "SELECT u.position, s.machine_id, s.computer_dns_name, s.assigned_application_id,
+                s.scanner_software_version, s.mde_client_version, s.last_seen,
+                s.last_command_execution_at, s.missing_since, s.raw_sha256
+         FROM u JOIN scan_agent_state s ON s.agent_id = u.agent_id"
+    };
+}
+
 /// Reads the stored state of `ids` (see [`batch_ids`]), of which the first `fetched_count`
-/// were fetched.
+/// were fetched. With `stamp`, the same statement also sets `last_fetched_at` of every
+/// stored agent among the fetched ones, which `apply` does whatever the diff finds, so the
+/// 100k IDs of an unchanged fleet are sent and joined once, not twice.
 async fn load_stored(
     conn: &mut PgConnection,
     ids: &[AgentId],
     fetched_count: usize,
+    stamp: Option<DateTime<Utc>>,
 ) -> Result<Stored, StoreError> {
     let texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
-    // Rows come back keyed by their position in `ids`, so no ID text is sent back or parsed.
-    let rows: Vec<StoredRow> = sqlx::query_as(
-        "SELECT u.position, s.machine_id, s.computer_dns_name, s.assigned_application_id,
-                s.scanner_software_version, s.mde_client_version, s.last_seen,
-                s.last_command_execution_at, s.missing_since, s.raw_sha256
-         FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)
-         JOIN scan_agent_state s ON s.agent_id = u.agent_id",
-    )
-    .bind(&texts)
-    .fetch_all(&mut *conn)
-    .await
-    .during("reading the stored agents")?;
+    let query = match stamp {
+        None => sqlx::query_as(concat!(
+            "WITH u AS (SELECT * FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)) ",
+            select_stored!()
+        ))
+        .bind(&texts),
+        Some(at) => sqlx::query_as(concat!(
+            "WITH u AS (SELECT * FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)),
+                  stamped AS (UPDATE scan_agent_fetches f SET last_fetched_at = $2 FROM u
+                              WHERE f.agent_id = u.agent_id AND u.position <= $3) ",
+            select_stored!()
+        ))
+        .bind(&texts)
+        .bind(at)
+        .bind(i64::try_from(fetched_count).expect("a batch fits in i64")),
+    };
+    let rows: Vec<StoredRow> = query.fetch_all(&mut *conn).await.during("reading the stored agents")?;
     let mut stored =
         Stored { agents: HashMap::with_capacity(rows.len()), raw_sha256: vec![None; fetched_count] };
     for row in rows {
@@ -287,7 +306,6 @@ async fn write(
 ) -> Result<(), StoreError> {
     let mut inserts = StateColumns::default();
     let mut rewrites = StateColumns::default();
-    let mut stamped: Vec<&str> = Vec::new();
     let mut versions = AttributeColumns::default();
     let mut closed_versions: Vec<&str> = Vec::new();
     let mut seen_ids: Vec<&str> = Vec::new();
@@ -303,9 +321,6 @@ async fn write(
                 rewrites.push(record, raw, sha256, false);
             }
             Status::Unchanged => {}
-        }
-        if agent.status != Status::New {
-            stamped.push(record.id.as_str());
         }
         if agent.attributes_changed {
             versions.push(record);
@@ -324,17 +339,6 @@ async fn write(
     }
     if !rewrites.changed.is_empty() {
         rewrite_agents(tx, &rewrites, at).await?;
-    }
-    if !stamped.is_empty() {
-        sqlx::query(
-            "UPDATE scan_agent_fetches f SET last_fetched_at = $2
-             FROM UNNEST($1::text[]) AS u(agent_id) WHERE f.agent_id = u.agent_id",
-        )
-        .bind(&stamped)
-        .bind(at)
-        .execute(&mut **tx)
-        .await
-        .during("stamping fetched agents")?;
     }
     if !closed_versions.is_empty() {
         sqlx::query(
