@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{DateTime, TimeZone, Utc};
 use scan_agent_sync::agent::{AgentRecord, Attributes};
+use scan_agent_sync::store::apply::disable_nagle;
 use scan_agent_sync::store::{APPLY_LOCK, MIGRATOR, Store};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -177,17 +179,22 @@ enum Engine {
 /// Brings the tables into the state the workload expects, then vacuums, all untimed.
 async fn establish(store: &Store, workload: Workload, n: usize) -> anyhow::Result<()> {
     let pool = store.pool();
-    sqlx::raw_sql("TRUNCATE scan_agent_last_seen, scan_agent_versions, scan_agents RESTART IDENTITY CASCADE")
-        .execute(pool)
-        .await
-        .context("truncating the agent tables")?;
+    sqlx::raw_sql(
+        "TRUNCATE scan_agent_last_seen, scan_agent_versions, scan_agent_fetches, scan_agent_state
+         RESTART IDENTITY CASCADE",
+    )
+    .execute(pool)
+    .await
+    .context("truncating the agent tables")?;
     if workload != Workload::AllNew {
         store.apply(batch(n, |_| 0), &[]).await.context("loading the base fleet")?;
     }
-    sqlx::raw_sql("VACUUM ANALYZE scan_agents, scan_agent_versions, scan_agent_last_seen")
-        .execute(pool)
-        .await
-        .context("vacuuming after the load")?;
+    sqlx::raw_sql(
+        "VACUUM ANALYZE scan_agent_state, scan_agent_fetches, scan_agent_versions, scan_agent_last_seen",
+    )
+    .execute(pool)
+    .await
+    .context("vacuuming after the load")?;
     Ok(())
 }
 
@@ -242,22 +249,28 @@ struct NaiveRow {
     last_seen: DateTime<Utc>,
     last_command_execution_at: Option<DateTime<Utc>>,
     missing_since: Option<DateTime<Utc>>,
+    raw_sha256: Option<Vec<u8>>,
 }
 
-/// The comparator: the same writes as `Store::apply` (same transaction, lock and
-/// timestamp), but one prepared statement and one round trip per step per agent, which is
-/// how the engine would look without arrays and `UNNEST`.
+/// The comparator: the same writes as `Store::apply` (same transaction, lock, timestamp,
+/// connection setup,
+/// tables, and the same skipping of unchanged rows: only the fetch stamp, and `raw` only
+/// when the payload hash differs), but one prepared statement and one round trip per step
+/// per agent, which is how the engine would look without arrays and `UNNEST`.
 async fn naive_apply(pool: &PgPool, fetched: &[AgentRecord]) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
+    disable_nagle(&mut tx).await;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPLY_LOCK).execute(&mut *tx).await?;
     let at: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&mut *tx).await?;
     for record in fetched {
         let id = record.id.as_str();
         let a = &record.attributes;
+        let raw = record.raw.to_string();
+        let raw_sha256 = Sha256::digest(raw.as_bytes()).to_vec();
         let stored: Option<NaiveRow> = sqlx::query_as(
             "SELECT machine_id, computer_dns_name, assigned_application_id, scanner_software_version,
-                    mde_client_version, last_seen, last_command_execution_at, missing_since
-             FROM scan_agents WHERE agent_id = $1",
+                    mde_client_version, last_seen, last_command_execution_at, missing_since, raw_sha256
+             FROM scan_agent_state WHERE agent_id = $1",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -265,11 +278,11 @@ async fn naive_apply(pool: &PgPool, fetched: &[AgentRecord]) -> sqlx::Result<()>
         let (attributes_changed, last_seen_changed) = match &stored {
             None => {
                 sqlx::query(
-                    "INSERT INTO scan_agents (agent_id, machine_id, computer_dns_name,
+                    "INSERT INTO scan_agent_state (agent_id, machine_id, computer_dns_name,
                          assigned_application_id, scanner_software_version, mde_client_version,
-                         last_seen, last_command_execution_at, raw,
-                         first_observed_at, last_fetched_at, last_changed_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10)",
+                         last_seen, last_command_execution_at, raw, raw_sha256,
+                         first_observed_at, last_changed_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $11)",
                 )
                 .bind(id)
                 .bind(&a.machine_id)
@@ -279,10 +292,16 @@ async fn naive_apply(pool: &PgPool, fetched: &[AgentRecord]) -> sqlx::Result<()>
                 .bind(&a.mde_client_version)
                 .bind(record.last_seen)
                 .bind(record.last_command_execution_at)
-                .bind(&record.raw)
+                .bind(&raw)
+                .bind(&raw_sha256)
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
+                sqlx::query("INSERT INTO scan_agent_fetches (agent_id, last_fetched_at) VALUES ($1, $2)")
+                    .bind(id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
                 (true, true)
             }
             Some(old) => {
@@ -299,28 +318,36 @@ async fn naive_apply(pool: &PgPool, fetched: &[AgentRecord]) -> sqlx::Result<()>
                     || last_seen_changed
                     || old.last_command_execution_at != record.last_command_execution_at
                     || old.missing_since.is_some();
-                sqlx::query(
-                    "UPDATE scan_agents SET machine_id = $2, computer_dns_name = $3,
-                         assigned_application_id = $4, scanner_software_version = $5,
-                         mde_client_version = $6, last_seen = $7, last_command_execution_at = $8,
-                         raw = $9, last_fetched_at = $10,
-                         last_changed_at = CASE WHEN $11 THEN $10 ELSE last_changed_at END,
-                         missing_since = NULL
-                     WHERE agent_id = $1",
-                )
-                .bind(id)
-                .bind(&a.machine_id)
-                .bind(&a.computer_dns_name)
-                .bind(&a.assigned_application_id)
-                .bind(&a.scanner_software_version)
-                .bind(&a.mde_client_version)
-                .bind(record.last_seen)
-                .bind(record.last_command_execution_at)
-                .bind(&record.raw)
-                .bind(at)
-                .bind(changed)
-                .execute(&mut *tx)
-                .await?;
+                if changed || old.raw_sha256.as_ref() != Some(&raw_sha256) {
+                    sqlx::query(
+                        "UPDATE scan_agent_state SET machine_id = $2, computer_dns_name = $3,
+                             assigned_application_id = $4, scanner_software_version = $5,
+                             mde_client_version = $6, last_seen = $7, last_command_execution_at = $8,
+                             raw = $9::jsonb, raw_sha256 = $10,
+                             last_changed_at = CASE WHEN $12 THEN $11 ELSE last_changed_at END,
+                             missing_since = NULL
+                         WHERE agent_id = $1",
+                    )
+                    .bind(id)
+                    .bind(&a.machine_id)
+                    .bind(&a.computer_dns_name)
+                    .bind(&a.assigned_application_id)
+                    .bind(&a.scanner_software_version)
+                    .bind(&a.mde_client_version)
+                    .bind(record.last_seen)
+                    .bind(record.last_command_execution_at)
+                    .bind(&raw)
+                    .bind(&raw_sha256)
+                    .bind(at)
+                    .bind(changed)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query("UPDATE scan_agent_fetches SET last_fetched_at = $2 WHERE agent_id = $1")
+                    .bind(id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
                 if attributes_changed {
                     sqlx::query(
                         "UPDATE scan_agent_versions SET valid_to = $2 WHERE agent_id = $1 AND valid_to IS NULL",

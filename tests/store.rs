@@ -126,6 +126,47 @@ async fn unchanged_refetch_writes_no_history_but_stamps_the_fetch() {
 }
 
 #[tokio::test]
+async fn payload_only_change_rewrites_raw_but_is_no_change() {
+    let store = support::fresh_store().await;
+    let a = agent("a1", "7.1.1", "host1", "2022-05-08T12:18:41Z");
+    let first = store.apply(vec![a.clone()], &[]).await.unwrap();
+    // A field the service does not track changes: not a change, but `raw` is the last payload.
+    let mut b = a.clone();
+    b.raw["scanHealth"] = json!({"status": "Degraded"});
+    let second = store.apply(vec![b], &[]).await.unwrap();
+    assert!(second.diff.is_empty());
+    assert_eq!(counts(store.pool()).await, (1, 1, 1));
+    let raw_of = || async {
+        let (raw, changed): (Value, chrono::DateTime<chrono::Utc>) =
+            sqlx::query_as("SELECT raw, last_changed_at FROM scan_agents")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(changed, first.applied_at, "a payload-only change does not move last_changed_at");
+        raw
+    };
+    assert_eq!(raw_of().await["scanHealth"]["status"], "Degraded");
+
+    // A row whose payload hash is unknown (written before the hash was kept) gets `raw`
+    // rewritten by the next fetch even though nothing else changed.
+    sqlx::query("UPDATE scan_agent_state SET raw = '{}', raw_sha256 = NULL")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let third = store.apply(vec![a], &[]).await.unwrap();
+    assert!(third.diff.is_empty());
+    let raw = raw_of().await;
+    assert_eq!(raw["ScannerSoftwareVersion"], "7.1.1");
+    assert!(raw.get("scanHealth").is_none(), "{raw}");
+    let hashed: bool = sqlx::query_scalar("SELECT raw_sha256 IS NOT NULL FROM scan_agent_state")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(hashed, "the rewrite stores the payload hash again");
+    assert_invariants(store.pool()).await;
+}
+
+#[tokio::test]
 async fn version_upgrade_closes_and_opens_a_version() {
     let store = support::fresh_store().await;
     store.apply(vec![agent("a1", "7.1.1", "host1", "2022-05-08T12:00:00Z")], &[]).await.unwrap();

@@ -2,18 +2,29 @@
 //! transaction, with set-based statements (arrays through `UNNEST`), never one round trip
 //! per agent.
 //!
+//! Layout (migration 20261128000003): an agent's current state is a row of
+//! `scan_agent_state`, its fetch stamp a short row of `scan_agent_fetches`, and the BI
+//! table `scan_agents` is a view joining the two. A sync cycle mostly re-fetches unchanged
+//! agents, and for those the engine writes nothing but the stamp (an in-place HOT update of
+//! the short row): the state row is rewritten only when the diff finds a change or the
+//! payload text hashes differently from the stored `raw_sha256`, so `raw` is neither read
+//! back nor re-sent for an unchanged agent.
+//!
 //! Concurrency: the transaction first takes the [`APPLY_LOCK`] advisory lock and only then
 //! reads current state and picks its timestamp, so two appliers run strictly one after the
 //! other and end with the same history as one applying both batches in order. A dropped
 //! connection rolls the whole transaction back.
 
 use std::collections::HashMap;
+use std::os::fd::{BorrowedFd, RawFd};
 
 use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::{APPLY_LOCK, QueryContext, Store, StoreError};
-use crate::agent::{AgentRecord, Attributes};
+use crate::agent::AgentRecord;
+use crate::agent::Attributes;
 use crate::agent_id::AgentId;
 use crate::diff::{Diff, Status, StoredAgent, dedup_batch};
 
@@ -31,8 +42,8 @@ impl Store {
     pub async fn plan(&self, fetched: Vec<AgentRecord>, missing: &[AgentId]) -> Result<Diff, StoreError> {
         let fetched = dedup_batch(fetched);
         let mut conn = self.pool.acquire().await.during("connecting to plan a batch")?;
-        let stored = load_stored(&mut conn, &fetched, missing).await?;
-        Ok(Diff::compute(&stored, &fetched, missing))
+        let stored = load_stored(&mut conn, &batch_ids(&fetched, missing), fetched.len(), None).await?;
+        Ok(Diff::compute(&stored.agents, &fetched, missing))
     }
 
     /// Applies a batch: new agents, changed attributes (closing and opening versions), new
@@ -41,14 +52,19 @@ impl Store {
     pub async fn apply(&self, fetched: Vec<AgentRecord>, missing: &[AgentId]) -> Result<Applied, StoreError> {
         let fetched = dedup_batch(fetched);
         let mut tx = self.pool.begin().await.during("starting the batch transaction")?;
+        disable_nagle(&mut tx).await;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(APPLY_LOCK)
             .execute(&mut *tx)
             .await
             .during("waiting for the apply lock")?;
-        // The planner assumes 10 rows for UNNEST of a parameter, so it joins batches of 100k
-        // by probing an index 100k times; without nested loops it hashes them instead.
-        sqlx::query("SET LOCAL enable_nestloop = off")
+        // A connection's prepared statements switch to a generic plan after five runs, and
+        // a generic plan guesses 10 rows for `UNNEST` of a parameter, so 100k-row batches
+        // got 100k index probes; planning each run with the actual arrays picks hash joins
+        // for big batches and index probes for small ones. A 100k-row batch needs more than
+        // the default 4 MB of work_mem to hash its joins and hold its UNNEST rows in memory
+        // rather than in temporary files.
+        sqlx::raw_sql("SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL work_mem = '256MB'")
             .execute(&mut *tx)
             .await
             .during("tuning the batch transaction")?;
@@ -57,17 +73,81 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .during("reading the database clock")?;
-        let stored = load_stored(&mut tx, &fetched, missing).await?;
-        let diff = Diff::compute(&stored, &fetched, missing);
-        write(&mut tx, &fetched, &diff, applied_at).await?;
+        let ids = batch_ids(&fetched, missing);
+        let fetched_count = fetched.len();
+        // Serializing and hashing 100k payloads, and freeing their parsed form, takes about
+        // as long as reading their stored rows; on a blocking thread it runs while the
+        // server answers the read.
+        let hashing = tokio::task::spawn_blocking(move || {
+            let mut fetched = fetched;
+            let payloads = Payloads::take(&mut fetched);
+            (fetched, payloads)
+        });
+        let stored = load_stored(&mut tx, &ids, fetched_count, Some(applied_at)).await;
+        let (fetched, payloads) = hashing.await.expect("hashing payloads cannot panic");
+        let stored = stored?;
+        let diff = Diff::compute(&stored.agents, &fetched, missing);
+        write(&mut tx, &fetched, payloads, &stored.raw_sha256, &diff, applied_at).await?;
         tx.commit().await.during("committing the batch")?;
         Ok(Applied { diff, applied_at })
     }
 }
 
+/// sqlx 0.9.0 stopped setting TCP_NODELAY (transact-rs/sqlx#4335, fixed upstream but not
+/// released), so a statement whose parameters end in a part-filled TCP segment waits for
+/// the server's delayed ACK, about 40 ms: measured, that was 90% of a 1k-agent batch and
+/// half of a 10k one. Until sqlx sets it again the engine sets it on the connection it
+/// applies through: the server names the client's port, and /proc maps that port to this
+/// process's socket. Best effort: over a Unix socket, or without /proc, nothing changes.
+/// Public so the benchmark's comparator runs on equally configured connections.
+pub async fn disable_nagle(conn: &mut PgConnection) {
+    let port: Option<i32> =
+        sqlx::query_scalar("SELECT inet_client_port()").fetch_one(&mut *conn).await.ok().flatten();
+    if let Some(fd) = port.and_then(|port| u16::try_from(port).ok()).and_then(socket_with_local_port) {
+        // SAFETY: the descriptor is the socket of `conn`, which stays open while borrowed here.
+        let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+        // Best effort, as above: a failure only leaves the delay in place.
+        let _ = socket2::SockRef::from(&socket).set_tcp_nodelay(true);
+    }
+}
+
+/// The descriptor of this process's TCP socket bound to local `port`, found through the
+/// kernel's socket tables (`/proc/net/tcp*`: local address, then the inode in field 10).
+fn socket_with_local_port(port: u16) -> Option<RawFd> {
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .into_iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+                    (local_port == port).then(|| fields.get(9).map(|inode| (*inode).to_owned()))?
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    std::fs::read_dir("/proc/self/fd").ok()?.filter_map(Result::ok).find_map(|entry| {
+        let target = std::fs::read_link(entry.path()).ok()?;
+        let inode = target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+        inodes.iter().any(|known| known == inode).then(|| entry.file_name().to_str()?.parse().ok())?
+    })
+}
+
+/// What the database holds for a batch's agents.
+struct Stored {
+    agents: HashMap<AgentId, StoredAgent>,
+    /// The stored payload hash of each fetched agent, parallel to the batch: `None` for a
+    /// new agent or one whose hash is unknown (written before the hash was kept).
+    raw_sha256: Vec<Option<Vec<u8>>>,
+}
+
 #[derive(sqlx::FromRow)]
 struct StoredRow {
-    agent_id: String,
+    /// 1-based position of the agent in the IDs sent: fetched first, then missing.
+    position: i64,
     machine_id: Option<String>,
     computer_dns_name: Option<String>,
     assigned_application_id: Option<String>,
@@ -76,99 +156,174 @@ struct StoredRow {
     last_seen: DateTime<Utc>,
     last_command_execution_at: Option<DateTime<Utc>>,
     missing_since: Option<DateTime<Utc>>,
+    raw_sha256: Option<Vec<u8>>,
 }
 
+/// The IDs whose stored state a batch needs: the fetched ones first, then the missing ones.
+fn batch_ids(fetched: &[AgentRecord], missing: &[AgentId]) -> Vec<AgentId> {
+    fetched.iter().map(|r| r.id.clone()).chain(missing.iter().cloned()).collect()
+}
+
+/// The stored state of the agents in `u` (position, agent_id), by position in the IDs sent,
+/// so no ID text is sent back or parsed.
+macro_rules! select_stored {
+    () => {
+        "SELECT u.position, s.machine_id, s.computer_dns_name, s.assigned_application_id,
+                s.scanner_software_version, s.mde_client_version, s.last_seen,
+                s.last_command_execution_at, s.missing_since, s.raw_sha256
+         FROM u JOIN scan_agent_state s ON s.agent_id = u.agent_id"
+    };
+}
+
+/// Reads the stored state of `ids` (see [`batch_ids`]), of which the first `fetched_count`
+/// were fetched. With `stamp`, the same statement also sets `last_fetched_at` of every
+/// stored agent among the fetched ones, which `apply` does whatever the diff finds, so the
+/// 100k IDs of an unchanged fleet are sent and joined once, not twice.
 async fn load_stored(
     conn: &mut PgConnection,
-    fetched: &[AgentRecord],
-    missing: &[AgentId],
-) -> Result<HashMap<AgentId, StoredAgent>, StoreError> {
-    let ids: Vec<&str> =
-        fetched.iter().map(|r| r.id.as_str()).chain(missing.iter().map(AgentId::as_str)).collect();
-    let rows: Vec<StoredRow> = sqlx::query_as(
-        "SELECT agent_id, machine_id, computer_dns_name, assigned_application_id,
-                scanner_software_version, mde_client_version, last_seen,
-                last_command_execution_at, missing_since
-         FROM scan_agents WHERE agent_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await
-    .during("reading the stored agents")?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| {
-            // Stored IDs passed validation when written; one that no longer parses cannot
-            // match a fetched ID either, so it is simply not part of this diff.
-            let id = AgentId::from_api(&row.agent_id).ok()?;
-            let stored = StoredAgent {
-                attributes: Attributes {
-                    machine_id: row.machine_id,
-                    computer_dns_name: row.computer_dns_name,
-                    assigned_application_id: row.assigned_application_id,
-                    scanner_software_version: row.scanner_software_version,
-                    mde_client_version: row.mde_client_version,
-                },
-                last_seen: row.last_seen,
-                last_command_execution_at: row.last_command_execution_at,
-                missing_since: row.missing_since,
-            };
-            Some((id, stored))
-        })
-        .collect())
+    ids: &[AgentId],
+    fetched_count: usize,
+    stamp: Option<DateTime<Utc>>,
+) -> Result<Stored, StoreError> {
+    let texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+    let query = match stamp {
+        None => sqlx::query_as(concat!(
+            "WITH u AS (SELECT * FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)) ",
+            select_stored!()
+        ))
+        .bind(&texts),
+        Some(at) => sqlx::query_as(concat!(
+            "WITH u AS (SELECT * FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)),
+                  stamped AS (UPDATE scan_agent_fetches f SET last_fetched_at = $2 FROM u
+                              WHERE f.agent_id = u.agent_id AND u.position <= $3) ",
+            select_stored!()
+        ))
+        .bind(&texts)
+        .bind(at)
+        .bind(i64::try_from(fetched_count).expect("a batch fits in i64")),
+    };
+    let rows: Vec<StoredRow> = query.fetch_all(&mut *conn).await.during("reading the stored agents")?;
+    let mut stored =
+        Stored { agents: HashMap::with_capacity(rows.len()), raw_sha256: vec![None; fetched_count] };
+    for row in rows {
+        let index = usize::try_from(row.position - 1).expect("ORDINALITY counts from 1");
+        if let Some(hash) = stored.raw_sha256.get_mut(index) {
+            *hash = row.raw_sha256;
+        }
+        let agent = StoredAgent {
+            attributes: Attributes {
+                machine_id: row.machine_id,
+                computer_dns_name: row.computer_dns_name,
+                assigned_application_id: row.assigned_application_id,
+                scanner_software_version: row.scanner_software_version,
+                mde_client_version: row.mde_client_version,
+            },
+            last_seen: row.last_seen,
+            last_command_execution_at: row.last_command_execution_at,
+            missing_since: row.missing_since,
+        };
+        stored.agents.insert(ids[index].clone(), agent);
+    }
+    Ok(stored)
 }
 
-/// Column arrays for a set of records, bound as one parameter each.
+/// The versioned attributes of a set of agents as column arrays, borrowed from the batch.
 #[derive(Default)]
-struct Columns {
-    agent_id: Vec<String>,
-    machine_id: Vec<Option<String>>,
-    computer_dns_name: Vec<Option<String>>,
-    assigned_application_id: Vec<Option<String>>,
-    scanner_software_version: Vec<Option<String>>,
-    mde_client_version: Vec<Option<String>>,
+struct AttributeColumns<'a> {
+    agent_id: Vec<&'a str>,
+    machine_id: Vec<Option<&'a str>>,
+    computer_dns_name: Vec<Option<&'a str>>,
+    assigned_application_id: Vec<Option<&'a str>>,
+    scanner_software_version: Vec<Option<&'a str>>,
+    mde_client_version: Vec<Option<&'a str>>,
+}
+
+impl<'a> AttributeColumns<'a> {
+    fn push(&mut self, record: &'a AgentRecord) {
+        let a = &record.attributes;
+        self.agent_id.push(record.id.as_str());
+        self.machine_id.push(a.machine_id.as_deref());
+        self.computer_dns_name.push(a.computer_dns_name.as_deref());
+        self.assigned_application_id.push(a.assigned_application_id.as_deref());
+        self.scanner_software_version.push(a.scanner_software_version.as_deref());
+        self.mde_client_version.push(a.mde_client_version.as_deref());
+    }
+}
+
+/// Whole state rows to write, one array per column.
+#[derive(Default)]
+struct StateColumns<'a> {
+    attributes: AttributeColumns<'a>,
     last_seen: Vec<DateTime<Utc>>,
     last_command_execution_at: Vec<Option<DateTime<Utc>>>,
     raw: Vec<String>,
+    raw_sha256: Vec<Vec<u8>>,
+    /// Whether the diff found a change (moves `last_changed_at`), rather than only a new payload.
     changed: Vec<bool>,
 }
 
-impl Columns {
-    fn push(&mut self, record: &AgentRecord, changed: bool) {
-        let a = &record.attributes;
-        self.agent_id.push(record.id.to_string());
-        self.machine_id.push(a.machine_id.clone());
-        self.computer_dns_name.push(a.computer_dns_name.clone());
-        self.assigned_application_id.push(a.assigned_application_id.clone());
-        self.scanner_software_version.push(a.scanner_software_version.clone());
-        self.mde_client_version.push(a.mde_client_version.clone());
+impl<'a> StateColumns<'a> {
+    fn push(&mut self, record: &'a AgentRecord, raw: String, raw_sha256: Vec<u8>, changed: bool) {
+        self.attributes.push(record);
         self.last_seen.push(record.last_seen);
         self.last_command_execution_at.push(record.last_command_execution_at);
-        self.raw.push(record.raw.to_string());
+        self.raw.push(raw);
+        self.raw_sha256.push(raw_sha256);
         self.changed.push(changed);
+    }
+}
+
+/// Each fetched payload as stored: its text, and the hash an unchanged payload is recognized
+/// by, parallel to the batch.
+struct Payloads {
+    text: Vec<String>,
+    sha256: Vec<Vec<u8>>,
+}
+
+impl Payloads {
+    /// Serializes each record's `raw` and leaves `Value::Null` in its place: from here on
+    /// the engine needs only the text.
+    fn take(fetched: &mut [AgentRecord]) -> Payloads {
+        let (text, sha256) = fetched
+            .iter_mut()
+            .map(|record| {
+                let text = std::mem::take(&mut record.raw).to_string();
+                let sha256 = Sha256::digest(text.as_bytes()).to_vec();
+                (text, sha256)
+            })
+            .unzip();
+        Payloads { text, sha256 }
     }
 }
 
 async fn write(
     tx: &mut Transaction<'_, Postgres>,
     fetched: &[AgentRecord],
+    payloads: Payloads,
+    stored_sha256: &[Option<Vec<u8>>],
     diff: &Diff,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let mut inserts = Columns::default();
-    let mut updates = Columns::default();
-    let mut versions = Columns::default();
+    let mut inserts = StateColumns::default();
+    let mut rewrites = StateColumns::default();
+    let mut versions = AttributeColumns::default();
     let mut closed_versions: Vec<&str> = Vec::new();
     let mut seen_ids: Vec<&str> = Vec::new();
     let mut seen_values: Vec<DateTime<Utc>> = Vec::new();
-    for (record, agent) in fetched.iter().zip(&diff.agents) {
+    let payloads = payloads.text.into_iter().zip(payloads.sha256);
+    for (((record, agent), stored_sha256), (raw, sha256)) in
+        fetched.iter().zip(&diff.agents).zip(stored_sha256).zip(payloads)
+    {
         match agent.status {
-            Status::New => inserts.push(record, true),
-            Status::Changed => updates.push(record, true),
-            Status::Unchanged => updates.push(record, false),
+            Status::New => inserts.push(record, raw, sha256, true),
+            Status::Changed => rewrites.push(record, raw, sha256, true),
+            Status::Unchanged if stored_sha256.as_ref() != Some(&sha256) => {
+                rewrites.push(record, raw, sha256, false);
+            }
+            Status::Unchanged => {}
         }
         if agent.attributes_changed {
-            versions.push(record, true);
+            versions.push(record);
             if agent.status == Status::Changed {
                 closed_versions.push(record.id.as_str());
             }
@@ -179,79 +334,17 @@ async fn write(
         }
     }
 
-    if !inserts.agent_id.is_empty() {
-        sqlx::query(
-            "INSERT INTO scan_agents (agent_id, machine_id, computer_dns_name,
-                 assigned_application_id, scanner_software_version, mde_client_version,
-                 last_seen, last_command_execution_at, raw,
-                 first_observed_at, last_fetched_at, last_changed_at)
-             SELECT u.agent_id, u.machine_id, u.computer_dns_name, u.assigned_application_id,
-                    u.scanner_software_version, u.mde_client_version, u.last_seen,
-                    u.last_command_execution_at, u.raw::jsonb, $10, $10, $10
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::timestamptz[], $8::timestamptz[], $9::text[])
-                  AS u(agent_id, machine_id, computer_dns_name, assigned_application_id,
-                       scanner_software_version, mde_client_version, last_seen,
-                       last_command_execution_at, raw)",
-        )
-        .bind(&inserts.agent_id)
-        .bind(&inserts.machine_id)
-        .bind(&inserts.computer_dns_name)
-        .bind(&inserts.assigned_application_id)
-        .bind(&inserts.scanner_software_version)
-        .bind(&inserts.mde_client_version)
-        .bind(&inserts.last_seen)
-        .bind(&inserts.last_command_execution_at)
-        .bind(&inserts.raw)
-        .bind(at)
-        .execute(&mut **tx)
-        .await
-        .during("inserting new agents")?;
+    if !inserts.changed.is_empty() {
+        insert_agents(tx, &inserts, at).await?;
     }
-
-    if !updates.agent_id.is_empty() {
-        // Every fetched agent gets its fetch stamp and latest raw payload; only changed ones
-        // move last_changed_at. A fetched agent is present, so missing_since clears.
-        sqlx::query(
-            "UPDATE scan_agents a SET
-                 machine_id = u.machine_id,
-                 computer_dns_name = u.computer_dns_name,
-                 assigned_application_id = u.assigned_application_id,
-                 scanner_software_version = u.scanner_software_version,
-                 mde_client_version = u.mde_client_version,
-                 last_seen = u.last_seen,
-                 last_command_execution_at = u.last_command_execution_at,
-                 raw = u.raw::jsonb,
-                 last_fetched_at = $11,
-                 last_changed_at = CASE WHEN u.changed THEN $11 ELSE a.last_changed_at END,
-                 missing_since = NULL
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::timestamptz[], $8::timestamptz[], $9::text[], $10::bool[])
-                  AS u(agent_id, machine_id, computer_dns_name, assigned_application_id,
-                       scanner_software_version, mde_client_version, last_seen,
-                       last_command_execution_at, raw, changed)
-             WHERE a.agent_id = u.agent_id",
-        )
-        .bind(&updates.agent_id)
-        .bind(&updates.machine_id)
-        .bind(&updates.computer_dns_name)
-        .bind(&updates.assigned_application_id)
-        .bind(&updates.scanner_software_version)
-        .bind(&updates.mde_client_version)
-        .bind(&updates.last_seen)
-        .bind(&updates.last_command_execution_at)
-        .bind(&updates.raw)
-        .bind(&updates.changed)
-        .bind(at)
-        .execute(&mut **tx)
-        .await
-        .during("updating fetched agents")?;
+    if !rewrites.changed.is_empty() {
+        rewrite_agents(tx, &rewrites, at).await?;
     }
-
     if !closed_versions.is_empty() {
         sqlx::query(
-            "UPDATE scan_agent_versions SET valid_to = $2
-             WHERE valid_to IS NULL AND agent_id = ANY($1)",
+            "UPDATE scan_agent_versions v SET valid_to = $2
+             FROM UNNEST($1::text[]) AS u(agent_id)
+             WHERE v.agent_id = u.agent_id AND v.valid_to IS NULL",
         )
         .bind(&closed_versions)
         .bind(at)
@@ -259,7 +352,6 @@ async fn write(
         .await
         .during("closing superseded versions")?;
     }
-
     if !versions.agent_id.is_empty() {
         sqlx::query(
             "INSERT INTO scan_agent_versions (agent_id, machine_id, computer_dns_name,
@@ -278,7 +370,6 @@ async fn write(
         .await
         .during("opening new versions")?;
     }
-
     if !seen_ids.is_empty() {
         // A lastSeen value held before (it went back and forth) is already recorded once.
         sqlx::query(
@@ -294,12 +385,12 @@ async fn write(
         .await
         .during("recording lastSeen values")?;
     }
-
     if !diff.went_missing.is_empty() {
         let missing: Vec<&str> = diff.went_missing.iter().map(AgentId::as_str).collect();
         sqlx::query(
-            "UPDATE scan_agents SET missing_since = $2, last_changed_at = $2
-             WHERE agent_id = ANY($1) AND missing_since IS NULL",
+            "UPDATE scan_agent_state a SET missing_since = $2, last_changed_at = $2
+             FROM UNNEST($1::text[]) AS u(agent_id)
+             WHERE a.agent_id = u.agent_id AND a.missing_since IS NULL",
         )
         .bind(&missing)
         .bind(at)
@@ -307,5 +398,98 @@ async fn write(
         .await
         .during("marking missing agents")?;
     }
+    Ok(())
+}
+
+/// Inserts agents seen for the first time, with their first fetch stamp.
+async fn insert_agents(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &StateColumns<'_>,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let a = &rows.attributes;
+    sqlx::query(
+        "INSERT INTO scan_agent_state (agent_id, machine_id, computer_dns_name,
+             assigned_application_id, scanner_software_version, mde_client_version,
+             last_seen, last_command_execution_at, raw, raw_sha256,
+             first_observed_at, last_changed_at)
+         SELECT u.agent_id, u.machine_id, u.computer_dns_name, u.assigned_application_id,
+                u.scanner_software_version, u.mde_client_version, u.last_seen,
+                u.last_command_execution_at, u.raw::jsonb, u.raw_sha256, $11, $11
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::timestamptz[], $8::timestamptz[], $9::text[], $10::bytea[])
+              AS u(agent_id, machine_id, computer_dns_name, assigned_application_id,
+                   scanner_software_version, mde_client_version, last_seen,
+                   last_command_execution_at, raw, raw_sha256)",
+    )
+    .bind(&a.agent_id)
+    .bind(&a.machine_id)
+    .bind(&a.computer_dns_name)
+    .bind(&a.assigned_application_id)
+    .bind(&a.scanner_software_version)
+    .bind(&a.mde_client_version)
+    .bind(&rows.last_seen)
+    .bind(&rows.last_command_execution_at)
+    .bind(&rows.raw)
+    .bind(&rows.raw_sha256)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .during("inserting new agents")?;
+    sqlx::query(
+        "INSERT INTO scan_agent_fetches (agent_id, last_fetched_at)
+         SELECT u.agent_id, $2 FROM UNNEST($1::text[]) AS u(agent_id)",
+    )
+    .bind(&a.agent_id)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .during("stamping new agents")?;
+    Ok(())
+}
+
+/// Rewrites the state of agents that changed, or whose payload alone differs. A fetched
+/// agent is present, so `missing_since` clears.
+async fn rewrite_agents(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &StateColumns<'_>,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let a = &rows.attributes;
+    sqlx::query(
+        "UPDATE scan_agent_state s SET
+             machine_id = u.machine_id,
+             computer_dns_name = u.computer_dns_name,
+             assigned_application_id = u.assigned_application_id,
+             scanner_software_version = u.scanner_software_version,
+             mde_client_version = u.mde_client_version,
+             last_seen = u.last_seen,
+             last_command_execution_at = u.last_command_execution_at,
+             raw = u.raw::jsonb,
+             raw_sha256 = u.raw_sha256,
+             last_changed_at = CASE WHEN u.changed THEN $12 ELSE s.last_changed_at END,
+             missing_since = NULL
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::timestamptz[], $8::timestamptz[], $9::text[], $10::bytea[], $11::bool[])
+              AS u(agent_id, machine_id, computer_dns_name, assigned_application_id,
+                   scanner_software_version, mde_client_version, last_seen,
+                   last_command_execution_at, raw, raw_sha256, changed)
+         WHERE s.agent_id = u.agent_id",
+    )
+    .bind(&a.agent_id)
+    .bind(&a.machine_id)
+    .bind(&a.computer_dns_name)
+    .bind(&a.assigned_application_id)
+    .bind(&a.scanner_software_version)
+    .bind(&a.mde_client_version)
+    .bind(&rows.last_seen)
+    .bind(&rows.last_command_execution_at)
+    .bind(&rows.raw)
+    .bind(&rows.raw_sha256)
+    .bind(&rows.changed)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .during("updating changed agents")?;
     Ok(())
 }
