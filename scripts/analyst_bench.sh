@@ -54,14 +54,16 @@ SELECT i,
        date_trunc('hour', now()) - make_interval(hours => (i * 7919) % 168) AS last_change
 FROM generate_series(0, :agents - 1) AS i;
 
-INSERT INTO scan_agents (agent_id, machine_id, computer_dns_name, assigned_application_id,
+-- scan_agents is a view (migration 0003): the current state and the fetch stamp are tables.
+INSERT INTO scan_agent_state (agent_id, machine_id, computer_dns_name, assigned_application_id,
     scanner_software_version, mde_client_version, last_seen, raw, first_observed_at,
-    last_fetched_at, last_changed_at)
+    last_changed_at)
 SELECT agent_id, 'machine-' || i, 'host-' || i || '-b.example.org', 'app-1',
        CASE WHEN i % 10 = 0 THEN '7.9' ELSE '8.0' END, '10.19',
        CASE WHEN i % 20 = 0 THEN now() - interval '2 days' ELSE now() - make_interval(secs => i % 3600) END,
-       '{}'::jsonb, last_change - interval '190 days', now(), last_change
+       '{}'::jsonb, last_change - interval '190 days', last_change
 FROM fleet;
+INSERT INTO scan_agent_fetches (agent_id, last_fetched_at) SELECT agent_id, now() FROM fleet;
 
 INSERT INTO scan_agent_versions (agent_id, machine_id, computer_dns_name, assigned_application_id,
     scanner_software_version, mde_client_version, valid_from, valid_to)

@@ -317,11 +317,13 @@ async fn check_names_each_violated_invariant_and_exits_1() {
     // agent's row, a last_seen without its history row, and three calls in one second.
     sqlx::raw_sql(
         "DROP INDEX scan_agent_versions_one_current;
-         INSERT INTO scan_agents (agent_id, scanner_software_version, last_seen, raw,
-                                  first_observed_at, last_fetched_at, last_changed_at)
-         VALUES ('agent-two-open', '1', '2026-01-01', '{}', now(), now(), now()),
-                ('agent-gap', '2', '2026-01-01', '{}', now(), now(), now()),
-                ('agent-unseen', '1', '2026-01-01', '{}', now(), now(), now());
+         INSERT INTO scan_agent_state (agent_id, scanner_software_version, last_seen, raw,
+                                       first_observed_at, last_changed_at)
+         VALUES ('agent-two-open', '1', '2026-01-01', '{}', now(), now()),
+                ('agent-gap', '2', '2026-01-01', '{}', now(), now()),
+                ('agent-unseen', '1', '2026-01-01', '{}', now(), now());
+         INSERT INTO scan_agent_fetches (agent_id, last_fetched_at)
+         SELECT agent_id, now() FROM scan_agent_state;
          INSERT INTO scan_agent_versions (agent_id, scanner_software_version, valid_from, valid_to)
          VALUES ('agent-two-open', '1', '2026-01-01', NULL),
                 ('agent-two-open', '1', '2026-01-02', NULL),
