@@ -71,9 +71,30 @@ impl Diff {
         fetched: &[AgentRecord],
         missing: &[AgentId],
     ) -> Diff {
+        Diff::compute_known(stored, fetched, &[], missing)
+    }
+
+    /// [`Diff::compute`], where `known_unchanged[i]` says the store already knows that
+    /// `fetched[i]` is stored exactly as fetched and present (its fingerprint matched), so
+    /// it is neither looked up in `stored` nor compared; a shorter slice means unknown.
+    pub fn compute_known(
+        stored: &HashMap<AgentId, StoredAgent>,
+        fetched: &[AgentRecord],
+        known_unchanged: &[bool],
+        missing: &[AgentId],
+    ) -> Diff {
         let agents: Vec<AgentDiff> = fetched
             .iter()
-            .map(|record| match stored.get(&record.id) {
+            .enumerate()
+            .map(|(index, record)| match stored.get(&record.id) {
+                None if known_unchanged.get(index) == Some(&true) => AgentDiff {
+                    id: record.id.clone(),
+                    status: Status::Unchanged,
+                    fields: Vec::new(),
+                    attributes_changed: false,
+                    last_seen_changed: false,
+                    returned: false,
+                },
                 None => AgentDiff {
                     id: record.id.clone(),
                     status: Status::New,
