@@ -307,6 +307,18 @@ mod tests {
     }
 
     #[test]
+    fn known_unchanged_agents_are_unchanged_without_a_stored_row() {
+        let a = record("a", "1", "2024-01-01T00:00:00Z");
+        let b = record("b", "1", "2024-01-01T00:00:00Z");
+        let c = record("c", "1", "2024-01-01T00:00:00Z");
+        let diff = Diff::compute_known(&HashMap::new(), &[a, b, c], &[true, false], &[]);
+        let statuses: Vec<Status> = diff.agents.iter().map(|agent| agent.status).collect();
+        // Past the end of the slice, as for `false`, an agent not stored is new.
+        assert_eq!(statuses, vec![Status::Unchanged, Status::New, Status::New]);
+        assert!(!diff.agents[0].attributes_changed && !diff.agents[0].last_seen_changed);
+    }
+
+    #[test]
     fn dedup_keeps_the_last_copy() {
         let batch = vec![
             record("a", "1", "2024-01-01T00:00:00Z"),
