@@ -343,7 +343,7 @@ async fn naive_apply(pool: &PgPool, fetched: &[AgentRecord]) -> sqlx::Result<()>
                     .execute(&mut *tx)
                     .await?;
                 }
-                sqlx::query("UPDATE scan_agent_fetches SET last_fetched_at = $2 WHERE agent_id = $1")
+                sqlx::query("UPDATE scan_agent_fetches SET last_fetched_at = $2, fingerprint = NULL WHERE agent_id = $1")
                     .bind(id)
                     .bind(at)
                     .execute(&mut *tx)

@@ -71,9 +71,30 @@ impl Diff {
         fetched: &[AgentRecord],
         missing: &[AgentId],
     ) -> Diff {
+        Diff::compute_known(stored, fetched, &[], missing)
+    }
+
+    /// [`Diff::compute`], where `known_unchanged[i]` says the store already knows that
+    /// `fetched[i]` is stored exactly as fetched and present (its fingerprint matched), so
+    /// it is neither looked up in `stored` nor compared; a shorter slice means unknown.
+    pub fn compute_known(
+        stored: &HashMap<AgentId, StoredAgent>,
+        fetched: &[AgentRecord],
+        known_unchanged: &[bool],
+        missing: &[AgentId],
+    ) -> Diff {
         let agents: Vec<AgentDiff> = fetched
             .iter()
-            .map(|record| match stored.get(&record.id) {
+            .enumerate()
+            .map(|(index, record)| match stored.get(&record.id) {
+                None if known_unchanged.get(index) == Some(&true) => AgentDiff {
+                    id: record.id.clone(),
+                    status: Status::Unchanged,
+                    fields: Vec::new(),
+                    attributes_changed: false,
+                    last_seen_changed: false,
+                    returned: false,
+                },
                 None => AgentDiff {
                     id: record.id.clone(),
                     status: Status::New,
@@ -283,6 +304,18 @@ mod tests {
         let diff = Diff::compute(&db, &[a], &[]);
         assert!(diff.agents[0].returned && !diff.agents[0].attributes_changed);
         assert_eq!(diff.changed_count(), 1);
+    }
+
+    #[test]
+    fn known_unchanged_agents_are_unchanged_without_a_stored_row() {
+        let a = record("a", "1", "2024-01-01T00:00:00Z");
+        let b = record("b", "1", "2024-01-01T00:00:00Z");
+        let c = record("c", "1", "2024-01-01T00:00:00Z");
+        let diff = Diff::compute_known(&HashMap::new(), &[a, b, c], &[true, false], &[]);
+        let statuses: Vec<Status> = diff.agents.iter().map(|agent| agent.status).collect();
+        // Past the end of the slice, as for `false`, an agent not stored is new.
+        assert_eq!(statuses, vec![Status::Unchanged, Status::New, Status::New]);
+        assert!(!diff.agents[0].attributes_changed && !diff.agents[0].last_seen_changed);
     }
 
     #[test]

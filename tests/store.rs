@@ -166,6 +166,72 @@ async fn payload_only_change_rewrites_raw_but_is_no_change() {
     assert_invariants(store.pool()).await;
 }
 
+/// The fingerprint each agent's fetch row holds (migration 20261128000005), or None.
+async fn fingerprint_of(pool: &PgPool, agent_id: &str) -> Option<Vec<u8>> {
+    sqlx::query_scalar("SELECT fingerprint FROM scan_agent_fetches WHERE agent_id = $1")
+        .bind(agent_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Agents whose fingerprint matches are not read back, so the fingerprint must cover every
+/// field the diff compares, and an unknown one (NULL, as in rows written before the
+/// migration) must mean a full read and diff.
+#[tokio::test]
+async fn fingerprints_skip_only_agents_stored_exactly_as_fetched() {
+    let store = support::fresh_store().await;
+    let pool = store.pool();
+    let a = agent("a1", "7.1.1", "host1", "2022-05-08T12:18:41Z");
+    store.apply(vec![a.clone()], &[]).await.unwrap();
+    let written = fingerprint_of(pool, "a1").await.expect("the insert records the fingerprint");
+
+    // Unknown fingerprint, stored row different from the fetch (an edit behind the engine's
+    // back stands in for any older state): the agent is read and the change found.
+    sqlx::query("UPDATE scan_agent_state SET scanner_software_version = '6.0.0'")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE scan_agent_fetches SET fingerprint = NULL").execute(pool).await.unwrap();
+    let fixed = store.apply(vec![a.clone()], &[]).await.unwrap();
+    assert_eq!(fixed.diff.changed_count(), 1, "{}", fixed.diff);
+    assert_eq!(fixed.diff.agents[0].fields[0].old.as_deref(), Some("6.0.0"));
+    assert_eq!(fingerprint_of(pool, "a1").await, Some(written.clone()));
+
+    // Unknown fingerprint, stored row identical: unchanged, and the fingerprint comes back.
+    sqlx::query("UPDATE scan_agent_fetches SET fingerprint = NULL").execute(pool).await.unwrap();
+    let same = store.apply(vec![a.clone()], &[]).await.unwrap();
+    assert_eq!(same.diff.unchanged_count(), 1, "{}", same.diff);
+    assert_eq!(fingerprint_of(pool, "a1").await, Some(written.clone()));
+
+    // Only last_command_execution_at changes: detected.
+    let mut command = a.clone();
+    command.last_command_execution_at = Some("2022-05-09T08:00:00Z".parse().unwrap());
+    let commanded = store.apply(vec![command.clone()], &[]).await.unwrap();
+    assert_eq!(commanded.diff.changed_count(), 1, "{}", commanded.diff);
+    assert_eq!(commanded.diff.agents[0].fields[0].field, "last_command_execution_at");
+    let after_command = fingerprint_of(pool, "a1").await.unwrap();
+    assert_ne!(after_command, written);
+    assert_eq!(store.apply(vec![command.clone()], &[]).await.unwrap().diff.unchanged_count(), 1);
+
+    // Only the payload changes: no change, but `raw` and the fingerprint follow it.
+    let mut payload = command.clone();
+    payload.raw["scanHealth"] = json!({"status": "Degraded"});
+    let repaid = store.apply(vec![payload.clone()], &[]).await.unwrap();
+    assert!(repaid.diff.is_empty(), "{}", repaid.diff);
+    let raw: Value = sqlx::query_scalar("SELECT raw FROM scan_agents").fetch_one(pool).await.unwrap();
+    assert_eq!(raw["scanHealth"]["status"], "Degraded");
+    assert_ne!(fingerprint_of(pool, "a1").await.unwrap(), after_command);
+
+    // Marking an agent missing clears its fingerprint, so its return is seen.
+    store.apply(vec![], &[id("a1")]).await.unwrap();
+    assert_eq!(fingerprint_of(pool, "a1").await, None);
+    let back = store.apply(vec![payload], &[]).await.unwrap();
+    assert!(back.diff.agents[0].returned, "{}", back.diff);
+    assert_eq!(counts(pool).await, (1, 2, 1));
+    assert_invariants(pool).await;
+}
+
 #[tokio::test]
 async fn version_upgrade_closes_and_opens_a_version() {
     let store = support::fresh_store().await;

@@ -8,7 +8,10 @@
 //! agents, and for those the engine writes nothing but the stamp (an in-place HOT update of
 //! the short row): the state row is rewritten only when the diff finds a change or the
 //! payload text hashes differently from the stored `raw_sha256`, so `raw` is neither read
-//! back nor re-sent for an unchanged agent.
+//! back nor re-sent for an unchanged agent. Nor is the state row read: the stamp statement
+//! returns each agent's fingerprint (migration 20261128000005), a hash over everything the
+//! diff compares, and only agents whose fingerprint differs from the fetched one's are read
+//! and diffed in full; the others are known to hold exactly what was fetched.
 //!
 //! Concurrency: the transaction first takes the [`APPLY_LOCK`] advisory lock and only then
 //! reads current state and picks its timestamp, so two appliers run strictly one after the
@@ -42,7 +45,9 @@ impl Store {
     pub async fn plan(&self, fetched: Vec<AgentRecord>, missing: &[AgentId]) -> Result<Diff, StoreError> {
         let fetched = dedup_batch(fetched);
         let mut conn = self.pool.acquire().await.during("connecting to plan a batch")?;
-        let stored = load_stored(&mut conn, &batch_ids(&fetched, missing), fetched.len(), None).await?;
+        let ids: Vec<&AgentId> = fetched.iter().map(|r| &r.id).chain(missing).collect();
+        let mut stored = Stored::with_capacity(fetched.len());
+        stored.read(&mut conn, &ids, &(0..fetched.len()).collect::<Vec<_>>()).await?;
         Ok(Diff::compute(&stored.agents, &fetched, missing))
     }
 
@@ -73,21 +78,28 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .during("reading the database clock")?;
-        let ids = batch_ids(&fetched, missing);
-        let fetched_count = fetched.len();
+        let ids: Vec<String> = fetched.iter().map(|r| r.id.as_str().to_owned()).collect();
         // Serializing and hashing 100k payloads, and freeing their parsed form, takes about
-        // as long as reading their stored rows; on a blocking thread it runs while the
-        // server answers the read.
+        // as long as stamping them; on a blocking thread it runs while the server answers.
         let hashing = tokio::task::spawn_blocking(move || {
             let mut fetched = fetched;
             let payloads = Payloads::take(&mut fetched);
             (fetched, payloads)
         });
-        let stored = load_stored(&mut tx, &ids, fetched_count, Some(applied_at)).await;
+        let stored_fingerprints = stamp(&mut tx, &ids, applied_at).await;
         let (fetched, payloads) = hashing.await.expect("hashing payloads cannot panic");
-        let stored = stored?;
-        let diff = Diff::compute(&stored.agents, &fetched, missing);
-        write(&mut tx, &fetched, payloads, &stored.raw_sha256, &diff, applied_at).await?;
+        let stored_fingerprints = stored_fingerprints?;
+        let known: Vec<bool> = stored_fingerprints
+            .iter()
+            .zip(&payloads.fingerprint)
+            .map(|(stored, fetched)| stored.as_ref() == Some(fetched))
+            .collect();
+        let unknown: Vec<usize> = (0..fetched.len()).filter(|&i| !known[i]).collect();
+        let mut stored = Stored::with_capacity(fetched.len());
+        let read_ids: Vec<&AgentId> = unknown.iter().map(|&i| &fetched[i].id).chain(missing).collect();
+        stored.read(&mut tx, &read_ids, &unknown).await?;
+        let diff = Diff::compute_known(&stored.agents, &fetched, &known, missing);
+        write(&mut tx, &fetched, payloads, &stored, &stored_fingerprints, &diff, applied_at).await?;
         tx.commit().await.during("committing the batch")?;
         Ok(Applied { diff, applied_at })
     }
@@ -139,14 +151,15 @@ fn socket_with_local_port(port: u16) -> Option<RawFd> {
 /// What the database holds for a batch's agents.
 struct Stored {
     agents: HashMap<AgentId, StoredAgent>,
-    /// The stored payload hash of each fetched agent, parallel to the batch: `None` for a
-    /// new agent or one whose hash is unknown (written before the hash was kept).
+    /// The stored payload hash of each fetched agent read, parallel to the batch: `None` for
+    /// a new agent, one not read (its fingerprint matched), or one whose hash is unknown
+    /// (written before the hash was kept).
     raw_sha256: Vec<Option<Vec<u8>>>,
 }
 
 #[derive(sqlx::FromRow)]
 struct StoredRow {
-    /// 1-based position of the agent in the IDs sent: fetched first, then missing.
+    /// 1-based position of the agent in the IDs sent.
     position: i64,
     machine_id: Option<String>,
     computer_dns_name: Option<String>,
@@ -159,72 +172,83 @@ struct StoredRow {
     raw_sha256: Option<Vec<u8>>,
 }
 
-/// The IDs whose stored state a batch needs: the fetched ones first, then the missing ones.
-fn batch_ids(fetched: &[AgentRecord], missing: &[AgentId]) -> Vec<AgentId> {
-    fetched.iter().map(|r| r.id.clone()).chain(missing.iter().cloned()).collect()
-}
-
-/// The stored state of the agents in `u` (position, agent_id), by position in the IDs sent,
-/// so no ID text is sent back or parsed.
-macro_rules! select_stored {
-    () => {
-        "SELECT u.position, s.machine_id, s.computer_dns_name, s.assigned_application_id,
-                s.scanner_software_version, s.mde_client_version, s.last_seen,
-                s.last_command_execution_at, s.missing_since, s.raw_sha256
-         FROM u JOIN scan_agent_state s ON s.agent_id = u.agent_id"
-    };
-}
-
-/// Reads the stored state of `ids` (see [`batch_ids`]), of which the first `fetched_count`
-/// were fetched. With `stamp`, the same statement also sets `last_fetched_at` of every
-/// stored agent among the fetched ones, which `apply` does whatever the diff finds, so the
-/// 100k IDs of an unchanged fleet are sent and joined once, not twice.
-async fn load_stored(
-    conn: &mut PgConnection,
-    ids: &[AgentId],
-    fetched_count: usize,
-    stamp: Option<DateTime<Utc>>,
-) -> Result<Stored, StoreError> {
-    let texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
-    let query = match stamp {
-        None => sqlx::query_as(concat!(
-            "WITH u AS (SELECT * FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)) ",
-            select_stored!()
-        ))
-        .bind(&texts),
-        Some(at) => sqlx::query_as(concat!(
-            "WITH u AS (SELECT * FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)),
-                  stamped AS (UPDATE scan_agent_fetches f SET last_fetched_at = $2 FROM u
-                              WHERE f.agent_id = u.agent_id AND u.position <= $3) ",
-            select_stored!()
-        ))
-        .bind(&texts)
-        .bind(at)
-        .bind(i64::try_from(fetched_count).expect("a batch fits in i64")),
-    };
-    let rows: Vec<StoredRow> = query.fetch_all(&mut *conn).await.during("reading the stored agents")?;
-    let mut stored =
-        Stored { agents: HashMap::with_capacity(rows.len()), raw_sha256: vec![None; fetched_count] };
-    for row in rows {
-        let index = usize::try_from(row.position - 1).expect("ORDINALITY counts from 1");
-        if let Some(hash) = stored.raw_sha256.get_mut(index) {
-            *hash = row.raw_sha256;
-        }
-        let agent = StoredAgent {
-            attributes: Attributes {
-                machine_id: row.machine_id,
-                computer_dns_name: row.computer_dns_name,
-                assigned_application_id: row.assigned_application_id,
-                scanner_software_version: row.scanner_software_version,
-                mde_client_version: row.mde_client_version,
-            },
-            last_seen: row.last_seen,
-            last_command_execution_at: row.last_command_execution_at,
-            missing_since: row.missing_since,
-        };
-        stored.agents.insert(ids[index].clone(), agent);
+impl Stored {
+    fn with_capacity(fetched_count: usize) -> Stored {
+        Stored { agents: HashMap::with_capacity(fetched_count), raw_sha256: vec![None; fetched_count] }
     }
-    Ok(stored)
+
+    /// Reads the stored state of `ids`, returned by position in the IDs sent so no ID
+    /// text is sent back or parsed. The first `batch_index.len()` IDs are fetched agents,
+    /// at those indexes of the batch; the rest are missing ones.
+    async fn read(
+        &mut self,
+        conn: &mut PgConnection,
+        ids: &[&AgentId],
+        batch_index: &[usize],
+    ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        let rows: Vec<StoredRow> = sqlx::query_as(
+            "SELECT u.position, s.machine_id, s.computer_dns_name, s.assigned_application_id,
+                    s.scanner_software_version, s.mde_client_version, s.last_seen,
+                    s.last_command_execution_at, s.missing_since, s.raw_sha256
+             FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)
+             JOIN scan_agent_state s ON s.agent_id = u.agent_id",
+        )
+        .bind(&texts)
+        .fetch_all(&mut *conn)
+        .await
+        .during("reading the stored agents")?;
+        for row in rows {
+            let position = usize::try_from(row.position - 1).expect("ORDINALITY counts from 1");
+            if let Some(&index) = batch_index.get(position) {
+                self.raw_sha256[index] = row.raw_sha256;
+            }
+            let agent = StoredAgent {
+                attributes: Attributes {
+                    machine_id: row.machine_id,
+                    computer_dns_name: row.computer_dns_name,
+                    assigned_application_id: row.assigned_application_id,
+                    scanner_software_version: row.scanner_software_version,
+                    mde_client_version: row.mde_client_version,
+                },
+                last_seen: row.last_seen,
+                last_command_execution_at: row.last_command_execution_at,
+                missing_since: row.missing_since,
+            };
+            self.agents.insert(ids[position].clone(), agent);
+        }
+        Ok(())
+    }
+}
+
+/// Sets `last_fetched_at` of every stored agent among `ids` (which `apply` does whatever
+/// the diff finds) and returns each one's stored fingerprint, parallel to `ids`: `None` for
+/// an agent not stored or whose fingerprint is unknown. Only the narrow fetch table is
+/// read, and its rows are rewritten in place (HOT).
+async fn stamp(
+    conn: &mut PgConnection,
+    ids: &[String],
+    at: DateTime<Utc>,
+) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    let rows: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+        "UPDATE scan_agent_fetches f SET last_fetched_at = $2
+         FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)
+         WHERE f.agent_id = u.agent_id
+         RETURNING u.position, f.fingerprint",
+    )
+    .bind(ids)
+    .bind(at)
+    .fetch_all(&mut *conn)
+    .await
+    .during("stamping the fetched agents")?;
+    let mut fingerprints = vec![None; ids.len()];
+    for (position, fingerprint) in rows {
+        fingerprints[usize::try_from(position - 1).expect("ORDINALITY counts from 1")] = fingerprint;
+    }
+    Ok(fingerprints)
 }
 
 /// The versioned attributes of a set of agents as column arrays, borrowed from the batch.
@@ -258,12 +282,16 @@ struct StateColumns<'a> {
     last_command_execution_at: Vec<Option<DateTime<Utc>>>,
     raw: Vec<String>,
     raw_sha256: Vec<Vec<u8>>,
+    /// Only inserts use it: other rows' fingerprints are written by `write` in one statement.
+    fingerprint: Vec<Vec<u8>>,
     /// Whether the diff found a change (moves `last_changed_at`), rather than only a new payload.
     changed: Vec<bool>,
 }
 
 impl<'a> StateColumns<'a> {
-    fn push(&mut self, record: &'a AgentRecord, raw: String, raw_sha256: Vec<u8>, changed: bool) {
+    fn push(&mut self, record: &'a AgentRecord, payload: Payload, changed: bool) {
+        let (raw, raw_sha256, fingerprint) = payload;
+        self.fingerprint.push(fingerprint);
         self.attributes.push(record);
         self.last_seen.push(record.last_seen);
         self.last_command_execution_at.push(record.last_command_execution_at);
@@ -273,34 +301,72 @@ impl<'a> StateColumns<'a> {
     }
 }
 
-/// Each fetched payload as stored: its text, and the hash an unchanged payload is recognized
-/// by, parallel to the batch.
+/// Each fetched payload as stored: its text, the hash an unchanged payload is recognized
+/// by, and the agent's fingerprint, parallel to the batch.
 struct Payloads {
     text: Vec<String>,
     sha256: Vec<Vec<u8>>,
+    fingerprint: Vec<Vec<u8>>,
 }
 
 impl Payloads {
     /// Serializes each record's `raw` and leaves `Value::Null` in its place: from here on
     /// the engine needs only the text.
     fn take(fetched: &mut [AgentRecord]) -> Payloads {
-        let (text, sha256) = fetched
-            .iter_mut()
-            .map(|record| {
-                let text = std::mem::take(&mut record.raw).to_string();
-                let sha256 = Sha256::digest(text.as_bytes()).to_vec();
-                (text, sha256)
-            })
-            .unzip();
-        Payloads { text, sha256 }
+        let mut payloads = Payloads {
+            text: Vec::with_capacity(fetched.len()),
+            sha256: Vec::with_capacity(fetched.len()),
+            fingerprint: Vec::with_capacity(fetched.len()),
+        };
+        for record in fetched {
+            let text = std::mem::take(&mut record.raw).to_string();
+            let sha256 = Sha256::digest(text.as_bytes()).to_vec();
+            payloads.fingerprint.push(fingerprint(record, &sha256));
+            payloads.text.push(text);
+            payloads.sha256.push(sha256);
+        }
+        payloads
     }
+}
+
+/// One fetched payload: text, SHA-256, the agent's fingerprint.
+type Payload = (String, Vec<u8>, Vec<u8>);
+
+/// SHA-256 over everything [`Diff::compute`] compares for a present agent, and the payload
+/// hash: equal fingerprints mean the diff finds the agent unchanged and `raw` need not be
+/// rewritten. Each text is length-prefixed and each optional value tagged, so no two
+/// different agents encode alike; timestamps are in microseconds, as stored (the parser
+/// truncates to them).
+fn fingerprint(record: &AgentRecord, raw_sha256: &[u8]) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    for (_, value) in record.attributes.fields() {
+        match value {
+            None => hasher.update([0]),
+            Some(text) => {
+                hasher.update([1]);
+                hasher.update((text.len() as u64).to_le_bytes());
+                hasher.update(text.as_bytes());
+            }
+        }
+    }
+    hasher.update(record.last_seen.timestamp_micros().to_le_bytes());
+    match record.last_command_execution_at {
+        None => hasher.update([0]),
+        Some(at) => {
+            hasher.update([1]);
+            hasher.update(at.timestamp_micros().to_le_bytes());
+        }
+    }
+    hasher.update(raw_sha256);
+    hasher.finalize().to_vec()
 }
 
 async fn write(
     tx: &mut Transaction<'_, Postgres>,
     fetched: &[AgentRecord],
     payloads: Payloads,
-    stored_sha256: &[Option<Vec<u8>>],
+    stored: &Stored,
+    stored_fingerprints: &[Option<Vec<u8>>],
     diff: &Diff,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -310,15 +376,25 @@ async fn write(
     let mut closed_versions: Vec<&str> = Vec::new();
     let mut seen_ids: Vec<&str> = Vec::new();
     let mut seen_values: Vec<DateTime<Utc>> = Vec::new();
-    let payloads = payloads.text.into_iter().zip(payloads.sha256);
-    for (((record, agent), stored_sha256), (raw, sha256)) in
-        fetched.iter().zip(&diff.agents).zip(stored_sha256).zip(payloads)
+    let mut refingerprinted_ids: Vec<&str> = Vec::new();
+    let mut refingerprinted: Vec<Vec<u8>> = Vec::new();
+    let payloads = payloads.text.into_iter().zip(payloads.sha256).zip(payloads.fingerprint);
+    for ((((record, agent), stored_sha256), stored_fingerprint), ((raw, sha256), fingerprint)) in
+        fetched.iter().zip(&diff.agents).zip(&stored.raw_sha256).zip(stored_fingerprints).zip(payloads)
     {
+        // A matching fingerprint means the row holds this very payload, too.
+        let known = stored_fingerprint.as_ref() == Some(&fingerprint);
+        // Every row written below then holds exactly the fetched agent, present: that is
+        // what a fingerprint stands for.
+        if agent.status != Status::New && !known {
+            refingerprinted_ids.push(record.id.as_str());
+            refingerprinted.push(fingerprint.clone());
+        }
         match agent.status {
-            Status::New => inserts.push(record, raw, sha256, true),
-            Status::Changed => rewrites.push(record, raw, sha256, true),
-            Status::Unchanged if stored_sha256.as_ref() != Some(&sha256) => {
-                rewrites.push(record, raw, sha256, false);
+            Status::New => inserts.push(record, (raw, sha256, fingerprint), true),
+            Status::Changed => rewrites.push(record, (raw, sha256, fingerprint), true),
+            Status::Unchanged if !known && stored_sha256.as_ref() != Some(&sha256) => {
+                rewrites.push(record, (raw, sha256, fingerprint), false);
             }
             Status::Unchanged => {}
         }
@@ -339,6 +415,18 @@ async fn write(
     }
     if !rewrites.changed.is_empty() {
         rewrite_agents(tx, &rewrites, at).await?;
+    }
+    if !refingerprinted_ids.is_empty() {
+        sqlx::query(
+            "UPDATE scan_agent_fetches f SET fingerprint = u.fingerprint
+             FROM UNNEST($1::text[], $2::bytea[]) AS u(agent_id, fingerprint)
+             WHERE f.agent_id = u.agent_id",
+        )
+        .bind(&refingerprinted_ids)
+        .bind(&refingerprinted)
+        .execute(&mut **tx)
+        .await
+        .during("recording agent fingerprints")?;
     }
     if !closed_versions.is_empty() {
         sqlx::query(
@@ -387,10 +475,15 @@ async fn write(
     }
     if !diff.went_missing.is_empty() {
         let missing: Vec<&str> = diff.went_missing.iter().map(AgentId::as_str).collect();
+        // A missing agent's row no longer holds the agent as fetched: its fingerprint goes.
         sqlx::query(
-            "UPDATE scan_agent_state a SET missing_since = $2, last_changed_at = $2
-             FROM UNNEST($1::text[]) AS u(agent_id)
-             WHERE a.agent_id = u.agent_id AND a.missing_since IS NULL",
+            "WITH marked AS (
+                 UPDATE scan_agent_state a SET missing_since = $2, last_changed_at = $2
+                 FROM UNNEST($1::text[]) AS u(agent_id)
+                 WHERE a.agent_id = u.agent_id AND a.missing_since IS NULL
+                 RETURNING a.agent_id)
+             UPDATE scan_agent_fetches f SET fingerprint = NULL FROM marked
+             WHERE f.agent_id = marked.agent_id",
         )
         .bind(&missing)
         .bind(at)
@@ -437,10 +530,11 @@ async fn insert_agents(
     .await
     .during("inserting new agents")?;
     sqlx::query(
-        "INSERT INTO scan_agent_fetches (agent_id, last_fetched_at)
-         SELECT u.agent_id, $2 FROM UNNEST($1::text[]) AS u(agent_id)",
+        "INSERT INTO scan_agent_fetches (agent_id, last_fetched_at, fingerprint)
+         SELECT u.agent_id, $3, u.fingerprint FROM UNNEST($1::text[], $2::bytea[]) AS u(agent_id, fingerprint)",
     )
     .bind(&a.agent_id)
+    .bind(&rows.fingerprint)
     .bind(at)
     .execute(&mut **tx)
     .await

@@ -1,0 +1,13 @@
+-- The diff engine's fast path for unchanged agents (issue 2: 100k unchanged in ≤ 1 s).
+-- Reading 100k wide state rows (`raw` inline: a seq scan of a table bigger than
+-- shared_buffers) and decoding them in the client cost more than half of an unchanged
+-- batch. The fingerprint is a SHA-256 the engine computes over everything its diff compares
+-- (descriptive attributes, last_seen, last_command_execution_at) and the payload hash, as
+-- written; the stamp statement returns it from this narrow table, and only agents whose
+-- fingerprint differs are read in full. It is set only when the state row holds exactly
+-- the fetched agent and missing_since is NULL; marking an agent missing clears it. NULL
+-- (rows from before this migration, or written by anything but the engine) means unknown:
+-- the agent is read and diffed in full, and its fingerprint written.
+-- Stored here rather than in scan_agent_state so the read stays on the narrow table; the
+-- stamp update stays HOT (no index holds either column, fillfactor 50).
+ALTER TABLE scan_agent_fetches ADD COLUMN fingerprint bytea;
