@@ -187,10 +187,8 @@ async fn summarize(store: &Store, sim: &simulator::SimulatorHandle) -> anyhow::R
 const EXAMPLE_SQL: &str = r#"
 -- Which scanner versions run where:
 SELECT scanner_software_version, count(*) FROM scan_agents GROUP BY 1 ORDER BY 2 DESC;
--- Every version change, oldest first:
-SELECT v.agent_id, p.scanner_software_version AS old, v.scanner_software_version AS new, v.valid_from AS changed_at
-FROM scan_agent_versions v JOIN scan_agent_versions p ON p.agent_id = v.agent_id AND p.valid_to = v.valid_from
-ORDER BY v.valid_from;
+-- Every version change, field by field, oldest first (more views: docs/analysts.md):
+SELECT agent_id, field, old_value, new_value, changed_at FROM scan_agent_version_changes ORDER BY changed_at;
 -- Agents stale now:
 SELECT * FROM stale_scan_agents;
 -- The cycles and the API calls they spent:
