@@ -272,6 +272,19 @@ impl<'a> AttributeColumns<'a> {
         self.scanner_software_version.push(a.scanner_software_version.as_deref());
         self.mde_client_version.push(a.mde_client_version.as_deref());
     }
+
+    /// Binds the six arrays as the next parameters of `query`, in column order (agent_id,
+    /// machine_id, computer_dns_name, assigned_application_id, scanner_software_version,
+    /// mde_client_version): every statement that writes attributes takes them first.
+    fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query
+            .bind(&self.agent_id)
+            .bind(&self.machine_id)
+            .bind(&self.computer_dns_name)
+            .bind(&self.assigned_application_id)
+            .bind(&self.scanner_software_version)
+            .bind(&self.mde_client_version)
+    }
 }
 
 /// Whole state rows to write, one array per column.
@@ -299,7 +312,21 @@ impl<'a> StateColumns<'a> {
         self.raw_sha256.push(raw_sha256);
         self.changed.push(changed);
     }
+
+    /// Binds the attributes, then last_seen, last_command_execution_at, raw and raw_sha256:
+    /// the first ten parameters of both statements that write whole state rows.
+    fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        self.attributes
+            .bind(query)
+            .bind(&self.last_seen)
+            .bind(&self.last_command_execution_at)
+            .bind(&self.raw)
+            .bind(&self.raw_sha256)
+    }
 }
+
+/// A statement with its parameters bound so far.
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
 /// Each fetched payload as stored: its text, the hash an unchanged payload is recognized
 /// by, and the agent's fingerprint, parallel to the batch.
@@ -441,22 +468,13 @@ async fn write(
         .during("closing superseded versions")?;
     }
     if !versions.agent_id.is_empty() {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO scan_agent_versions (agent_id, machine_id, computer_dns_name,
                  assigned_application_id, scanner_software_version, mde_client_version, valid_from)
              SELECT u.*, $7 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
                                         $5::text[], $6::text[]) AS u",
-        )
-        .bind(&versions.agent_id)
-        .bind(&versions.machine_id)
-        .bind(&versions.computer_dns_name)
-        .bind(&versions.assigned_application_id)
-        .bind(&versions.scanner_software_version)
-        .bind(&versions.mde_client_version)
-        .bind(at)
-        .execute(&mut **tx)
-        .await
-        .during("opening new versions")?;
+        );
+        versions.bind(insert).bind(at).execute(&mut **tx).await.during("opening new versions")?;
     }
     if !seen_ids.is_empty() {
         // A lastSeen value held before (it went back and forth) is already recorded once.
@@ -500,8 +518,7 @@ async fn insert_agents(
     rows: &StateColumns<'_>,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let a = &rows.attributes;
-    sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO scan_agent_state (agent_id, machine_id, computer_dns_name,
              assigned_application_id, scanner_software_version, mde_client_version,
              last_seen, last_command_execution_at, raw, raw_sha256,
@@ -514,26 +531,13 @@ async fn insert_agents(
               AS u(agent_id, machine_id, computer_dns_name, assigned_application_id,
                    scanner_software_version, mde_client_version, last_seen,
                    last_command_execution_at, raw, raw_sha256)",
-    )
-    .bind(&a.agent_id)
-    .bind(&a.machine_id)
-    .bind(&a.computer_dns_name)
-    .bind(&a.assigned_application_id)
-    .bind(&a.scanner_software_version)
-    .bind(&a.mde_client_version)
-    .bind(&rows.last_seen)
-    .bind(&rows.last_command_execution_at)
-    .bind(&rows.raw)
-    .bind(&rows.raw_sha256)
-    .bind(at)
-    .execute(&mut **tx)
-    .await
-    .during("inserting new agents")?;
+    );
+    rows.bind(insert).bind(at).execute(&mut **tx).await.during("inserting new agents")?;
     sqlx::query(
         "INSERT INTO scan_agent_fetches (agent_id, last_fetched_at, fingerprint)
          SELECT u.agent_id, $3, u.fingerprint FROM UNNEST($1::text[], $2::bytea[]) AS u(agent_id, fingerprint)",
     )
-    .bind(&a.agent_id)
+    .bind(&rows.attributes.agent_id)
     .bind(&rows.fingerprint)
     .bind(at)
     .execute(&mut **tx)
@@ -549,8 +553,7 @@ async fn rewrite_agents(
     rows: &StateColumns<'_>,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let a = &rows.attributes;
-    sqlx::query(
+    let update = sqlx::query(
         "UPDATE scan_agent_state s SET
              machine_id = u.machine_id,
              computer_dns_name = u.computer_dns_name,
@@ -569,21 +572,12 @@ async fn rewrite_agents(
                    scanner_software_version, mde_client_version, last_seen,
                    last_command_execution_at, raw, raw_sha256, changed)
          WHERE s.agent_id = u.agent_id",
-    )
-    .bind(&a.agent_id)
-    .bind(&a.machine_id)
-    .bind(&a.computer_dns_name)
-    .bind(&a.assigned_application_id)
-    .bind(&a.scanner_software_version)
-    .bind(&a.mde_client_version)
-    .bind(&rows.last_seen)
-    .bind(&rows.last_command_execution_at)
-    .bind(&rows.raw)
-    .bind(&rows.raw_sha256)
-    .bind(&rows.changed)
-    .bind(at)
-    .execute(&mut **tx)
-    .await
-    .during("updating changed agents")?;
+    );
+    rows.bind(update)
+        .bind(&rows.changed)
+        .bind(at)
+        .execute(&mut **tx)
+        .await
+        .during("updating changed agents")?;
     Ok(())
 }
