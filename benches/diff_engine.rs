@@ -24,6 +24,10 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
+/// The binary's allocator (src/main.rs), so the engine is measured as it runs in the service.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One tenant: every agent ID starts with the same organization GUID, as in a real fleet.
 const ORG_GUID: &str = "47df41a0-c0a5-4fd6-93bb-a93dbc0bfcaa";
 
@@ -180,7 +184,7 @@ enum Engine {
 async fn establish(store: &Store, workload: Workload, n: usize) -> anyhow::Result<()> {
     let pool = store.pool();
     sqlx::raw_sql(
-        "TRUNCATE scan_agent_last_seen, scan_agent_versions, scan_agent_fetches, scan_agent_state
+        "TRUNCATE scan_agent_last_seen, scan_agent_version_history, scan_agent_payloads, scan_agent_state
          RESTART IDENTITY CASCADE",
     )
     .execute(pool)
@@ -190,7 +194,8 @@ async fn establish(store: &Store, workload: Workload, n: usize) -> anyhow::Resul
         store.apply(batch(n, |_| 0), &[]).await.context("loading the base fleet")?;
     }
     sqlx::raw_sql(
-        "VACUUM ANALYZE scan_agent_state, scan_agent_fetches, scan_agent_versions, scan_agent_last_seen",
+        "VACUUM ANALYZE scan_agent_state, scan_agent_payloads, scan_agent_version_history,
+                        scan_agent_last_seen",
     )
     .execute(pool)
     .await
@@ -268,21 +273,23 @@ async fn naive_apply(pool: &PgPool, fetched: &[AgentRecord]) -> sqlx::Result<()>
         let raw = record.raw.to_string();
         let raw_sha256 = Sha256::digest(raw.as_bytes()).to_vec();
         let stored: Option<NaiveRow> = sqlx::query_as(
-            "SELECT machine_id, computer_dns_name, assigned_application_id, scanner_software_version,
-                    mde_client_version, last_seen, last_command_execution_at, missing_since, raw_sha256
-             FROM scan_agent_state WHERE agent_id = $1",
+            "SELECT s.machine_id, s.computer_dns_name, s.assigned_application_id,
+                    s.scanner_software_version, s.mde_client_version, s.last_seen,
+                    s.last_command_execution_at, s.missing_since, p.raw_sha256
+             FROM scan_agent_state s JOIN scan_agent_payloads p USING (agent_id)
+             WHERE s.agent_id = $1",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        let (attributes_changed, last_seen_changed) = match &stored {
+        let last_seen_changed = match &stored {
             None => {
                 sqlx::query(
                     "INSERT INTO scan_agent_state (agent_id, machine_id, computer_dns_name,
                          assigned_application_id, scanner_software_version, mde_client_version,
-                         last_seen, last_command_execution_at, raw, raw_sha256,
-                         first_observed_at, last_changed_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $11)",
+                         last_seen, last_command_execution_at, first_observed_at, last_changed_at,
+                         valid_from, last_fetched_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $9)",
                 )
                 .bind(id)
                 .bind(&a.machine_id)
@@ -292,17 +299,18 @@ async fn naive_apply(pool: &PgPool, fetched: &[AgentRecord]) -> sqlx::Result<()>
                 .bind(&a.mde_client_version)
                 .bind(record.last_seen)
                 .bind(record.last_command_execution_at)
-                .bind(&raw)
-                .bind(&raw_sha256)
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("INSERT INTO scan_agent_fetches (agent_id, last_fetched_at) VALUES ($1, $2)")
-                    .bind(id)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
-                (true, true)
+                sqlx::query(
+                    "INSERT INTO scan_agent_payloads (agent_id, raw, raw_sha256) VALUES ($1, $2::json, $3)",
+                )
+                .bind(id)
+                .bind(&raw)
+                .bind(&raw_sha256)
+                .execute(&mut *tx)
+                .await?;
+                true
             }
             Some(old) => {
                 let old_attributes = Attributes {
@@ -318,14 +326,30 @@ async fn naive_apply(pool: &PgPool, fetched: &[AgentRecord]) -> sqlx::Result<()>
                     || last_seen_changed
                     || old.last_command_execution_at != record.last_command_execution_at
                     || old.missing_since.is_some();
-                if changed || old.raw_sha256.as_ref() != Some(&raw_sha256) {
+                if attributes_changed {
+                    sqlx::query(
+                        "INSERT INTO scan_agent_version_history (version_id, agent_id, machine_id,
+                             computer_dns_name, assigned_application_id, scanner_software_version,
+                             mde_client_version, valid_from, valid_to)
+                         SELECT version_id, agent_id, machine_id, computer_dns_name,
+                                assigned_application_id, scanner_software_version,
+                                mde_client_version, valid_from, $2
+                         FROM scan_agent_state WHERE agent_id = $1",
+                    )
+                    .bind(id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if changed {
                     sqlx::query(
                         "UPDATE scan_agent_state SET machine_id = $2, computer_dns_name = $3,
                              assigned_application_id = $4, scanner_software_version = $5,
                              mde_client_version = $6, last_seen = $7, last_command_execution_at = $8,
-                             raw = $9::jsonb, raw_sha256 = $10,
-                             last_changed_at = CASE WHEN $12 THEN $11 ELSE last_changed_at END,
-                             missing_since = NULL
+                             last_changed_at = $9, missing_since = NULL,
+                             version_id = CASE WHEN $10 THEN nextval('scan_agent_version_id_seq')
+                                               ELSE version_id END,
+                             valid_from = CASE WHEN $10 THEN $9 ELSE valid_from END
                          WHERE agent_id = $1",
                     )
                     .bind(id)
@@ -336,46 +360,29 @@ async fn naive_apply(pool: &PgPool, fetched: &[AgentRecord]) -> sqlx::Result<()>
                     .bind(&a.mde_client_version)
                     .bind(record.last_seen)
                     .bind(record.last_command_execution_at)
-                    .bind(&raw)
-                    .bind(&raw_sha256)
                     .bind(at)
-                    .bind(changed)
+                    .bind(attributes_changed)
                     .execute(&mut *tx)
                     .await?;
                 }
-                sqlx::query("UPDATE scan_agent_fetches SET last_fetched_at = $2, fingerprint = NULL WHERE agent_id = $1")
-                    .bind(id)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
-                if attributes_changed {
+                if old.raw_sha256.as_ref() != Some(&raw_sha256) {
                     sqlx::query(
-                        "UPDATE scan_agent_versions SET valid_to = $2 WHERE agent_id = $1 AND valid_to IS NULL",
+                        "UPDATE scan_agent_payloads SET raw = $2::json, raw_sha256 = $3 WHERE agent_id = $1",
                     )
                     .bind(id)
-                    .bind(at)
+                    .bind(&raw)
+                    .bind(&raw_sha256)
                     .execute(&mut *tx)
                     .await?;
                 }
-                (attributes_changed, last_seen_changed)
+                sqlx::query("UPDATE scan_agent_state SET last_fetched_at = $2, fingerprint = NULL WHERE agent_id = $1")
+                    .bind(id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                last_seen_changed
             }
         };
-        if attributes_changed {
-            sqlx::query(
-                "INSERT INTO scan_agent_versions (agent_id, machine_id, computer_dns_name,
-                     assigned_application_id, scanner_software_version, mde_client_version, valid_from)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(id)
-            .bind(&a.machine_id)
-            .bind(&a.computer_dns_name)
-            .bind(&a.assigned_application_id)
-            .bind(&a.scanner_software_version)
-            .bind(&a.mde_client_version)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        }
         if last_seen_changed {
             sqlx::query(
                 "INSERT INTO scan_agent_last_seen (agent_id, last_seen, observed_at) VALUES ($1, $2, $3)

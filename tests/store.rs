@@ -149,7 +149,7 @@ async fn payload_only_change_rewrites_raw_but_is_no_change() {
 
     // A row whose payload hash is unknown (written before the hash was kept) gets `raw`
     // rewritten by the next fetch even though nothing else changed.
-    sqlx::query("UPDATE scan_agent_state SET raw = '{}', raw_sha256 = NULL")
+    sqlx::query("UPDATE scan_agent_payloads SET raw = '{}', raw_sha256 = NULL")
         .execute(store.pool())
         .await
         .unwrap();
@@ -158,7 +158,7 @@ async fn payload_only_change_rewrites_raw_but_is_no_change() {
     let raw = raw_of().await;
     assert_eq!(raw["ScannerSoftwareVersion"], "7.1.1");
     assert!(raw.get("scanHealth").is_none(), "{raw}");
-    let hashed: bool = sqlx::query_scalar("SELECT raw_sha256 IS NOT NULL FROM scan_agent_state")
+    let hashed: bool = sqlx::query_scalar("SELECT raw_sha256 IS NOT NULL FROM scan_agent_payloads")
         .fetch_one(store.pool())
         .await
         .unwrap();
@@ -168,7 +168,7 @@ async fn payload_only_change_rewrites_raw_but_is_no_change() {
 
 /// The fingerprint each agent's fetch row holds (migration 20261128000005), or None.
 async fn fingerprint_of(pool: &PgPool, agent_id: &str) -> Option<Vec<u8>> {
-    sqlx::query_scalar("SELECT fingerprint FROM scan_agent_fetches WHERE agent_id = $1")
+    sqlx::query_scalar("SELECT fingerprint FROM scan_agent_state WHERE agent_id = $1")
         .bind(agent_id)
         .fetch_one(pool)
         .await
@@ -192,14 +192,14 @@ async fn fingerprints_skip_only_agents_stored_exactly_as_fetched() {
         .execute(pool)
         .await
         .unwrap();
-    sqlx::query("UPDATE scan_agent_fetches SET fingerprint = NULL").execute(pool).await.unwrap();
+    sqlx::query("UPDATE scan_agent_state SET fingerprint = NULL").execute(pool).await.unwrap();
     let fixed = store.apply(vec![a.clone()], &[]).await.unwrap();
     assert_eq!(fixed.diff.changed_count(), 1, "{}", fixed.diff);
     assert_eq!(fixed.diff.agents[0].fields[0].old.as_deref(), Some("6.0.0"));
     assert_eq!(fingerprint_of(pool, "a1").await, Some(written.clone()));
 
     // Unknown fingerprint, stored row identical: unchanged, and the fingerprint comes back.
-    sqlx::query("UPDATE scan_agent_fetches SET fingerprint = NULL").execute(pool).await.unwrap();
+    sqlx::query("UPDATE scan_agent_state SET fingerprint = NULL").execute(pool).await.unwrap();
     let same = store.apply(vec![a.clone()], &[]).await.unwrap();
     assert_eq!(same.diff.unchanged_count(), 1, "{}", same.diff);
     assert_eq!(fingerprint_of(pool, "a1").await, Some(written.clone()));

@@ -2,16 +2,22 @@
 //! transaction, with set-based statements (arrays through `UNNEST`), never one round trip
 //! per agent.
 //!
-//! Layout (migration 20261128000003): an agent's current state is a row of
-//! `scan_agent_state`, its fetch stamp a short row of `scan_agent_fetches`, and the BI
-//! table `scan_agents` is a view joining the two. A sync cycle mostly re-fetches unchanged
-//! agents, and for those the engine writes nothing but the stamp (an in-place HOT update of
-//! the short row): the state row is rewritten only when the diff finds a change or the
-//! payload text hashes differently from the stored `raw_sha256`, so `raw` is neither read
-//! back nor re-sent for an unchanged agent. Nor is the state row read: the stamp statement
-//! returns each agent's fingerprint (migration 20261128000005), a hash over everything the
-//! diff compares, and only agents whose fingerprint differs from the fetched one's are read
-//! and diffed in full; the others are known to hold exactly what was fetched.
+//! Layout (migrations 20261128000003 and 20261128000006): an agent's current state,
+//! including its current version (`version_id`, `valid_from`), is a row of
+//! `scan_agent_state`; its last payload a row of `scan_agent_payloads`; its fetch stamp a
+//! short row of `scan_agent_fetches`; closed versions are rows of
+//! `scan_agent_version_history`, appended once when a version ends and never updated. The
+//! BI names `scan_agents` and `scan_agent_versions` are views over them.
+//!
+//! A sync cycle mostly re-fetches unchanged agents, and for those the engine writes nothing
+//! but the stamp (an in-place HOT update of the short row). Nor does it read their state:
+//! the stamp statement returns each agent's fingerprint (migration 20261128000005), a hash
+//! over everything the diff compares and the payload, and only agents whose fingerprint
+//! differs from the fetched one's are read and diffed in full. For those, the state row is
+//! rewritten only when the diff finds a change, and the payload only when its hash differs.
+//! A change of attributes appends the closing version to the history (copied from the state
+//! row it leaves) and gives the state row a new version: every write is an append or an
+//! in-place rewrite of a row that no changed column indexes.
 //!
 //! Concurrency: the transaction first takes the [`APPLY_LOCK`] advisory lock and only then
 //! reads current state and picks its timestamp, so two appliers run strictly one after the
@@ -46,9 +52,8 @@ impl Store {
         let fetched = dedup_batch(fetched);
         let mut conn = self.pool.acquire().await.during("connecting to plan a batch")?;
         let ids: Vec<&AgentId> = fetched.iter().map(|r| &r.id).chain(missing).collect();
-        let mut stored = Stored::with_capacity(fetched.len());
-        stored.read(&mut conn, &ids, &(0..fetched.len()).collect::<Vec<_>>()).await?;
-        Ok(Diff::compute(&stored.agents, &fetched, missing))
+        let stored = read_stored(&mut conn, &ids).await?;
+        Ok(Diff::compute(&stored, &fetched, missing))
     }
 
     /// Applies a batch: new agents, changed attributes (closing and opening versions), new
@@ -56,6 +61,13 @@ impl Store {
     #[tracing::instrument(skip_all, fields(fetched = fetched.len(), missing = missing.len()))]
     pub async fn apply(&self, fetched: Vec<AgentRecord>, missing: &[AgentId]) -> Result<Applied, StoreError> {
         let fetched = dedup_batch(fetched);
+        // Serializing and hashing 100k payloads, and freeing their parsed form, takes a
+        // few tenths of a second; on a blocking thread it overlaps opening the transaction.
+        let hashing = tokio::task::spawn_blocking(move || {
+            let mut fetched = fetched;
+            let payloads = Payloads::take(&mut fetched);
+            (fetched, payloads)
+        });
         let mut tx = self.pool.begin().await.during("starting the batch transaction")?;
         disable_nagle(&mut tx).await;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -78,28 +90,11 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .during("reading the database clock")?;
-        let ids: Vec<String> = fetched.iter().map(|r| r.id.as_str().to_owned()).collect();
-        // Serializing and hashing 100k payloads, and freeing their parsed form, takes about
-        // as long as stamping them; on a blocking thread it runs while the server answers.
-        let hashing = tokio::task::spawn_blocking(move || {
-            let mut fetched = fetched;
-            let payloads = Payloads::take(&mut fetched);
-            (fetched, payloads)
-        });
-        let stored_fingerprints = stamp(&mut tx, &ids, applied_at).await;
         let (fetched, payloads) = hashing.await.expect("hashing payloads cannot panic");
-        let stored_fingerprints = stored_fingerprints?;
-        let known: Vec<bool> = stored_fingerprints
-            .iter()
-            .zip(&payloads.fingerprint)
-            .map(|(stored, fetched)| stored.as_ref() == Some(fetched))
-            .collect();
-        let unknown: Vec<usize> = (0..fetched.len()).filter(|&i| !known[i]).collect();
-        let mut stored = Stored::with_capacity(fetched.len());
-        let read_ids: Vec<&AgentId> = unknown.iter().map(|&i| &fetched[i].id).chain(missing).collect();
-        stored.read(&mut tx, &read_ids, &unknown).await?;
-        let diff = Diff::compute_known(&stored.agents, &fetched, &known, missing);
-        write(&mut tx, &fetched, payloads, &stored, &stored_fingerprints, &diff, applied_at).await?;
+        let (known, mut stored) = inspect(&mut tx, &fetched, &payloads.fingerprint).await?;
+        stored.extend(read_stored(&mut tx, &missing.iter().collect::<Vec<_>>()).await?);
+        let diff = Diff::compute_known(&stored, &fetched, &known, missing);
+        write(&mut tx, &fetched, payloads, &known, &diff, applied_at).await?;
         tx.commit().await.during("committing the batch")?;
         Ok(Applied { diff, applied_at })
     }
@@ -148,15 +143,7 @@ fn socket_with_local_port(port: u16) -> Option<RawFd> {
     })
 }
 
-/// What the database holds for a batch's agents.
-struct Stored {
-    agents: HashMap<AgentId, StoredAgent>,
-    /// The stored payload hash of each fetched agent read, parallel to the batch: `None` for
-    /// a new agent, one not read (its fingerprint matched), or one whose hash is unknown
-    /// (written before the hash was kept).
-    raw_sha256: Vec<Option<Vec<u8>>>,
-}
-
+/// An agent's stored state as the read and the stamp return it.
 #[derive(sqlx::FromRow)]
 struct StoredRow {
     /// 1-based position of the agent in the IDs sent.
@@ -166,89 +153,107 @@ struct StoredRow {
     assigned_application_id: Option<String>,
     scanner_software_version: Option<String>,
     mde_client_version: Option<String>,
-    last_seen: DateTime<Utc>,
+    /// NULL only in [`inspect`]'s rows for agents known unchanged (the column is NOT NULL).
+    last_seen: Option<DateTime<Utc>>,
     last_command_execution_at: Option<DateTime<Utc>>,
     missing_since: Option<DateTime<Utc>>,
-    raw_sha256: Option<Vec<u8>>,
 }
 
-impl Stored {
-    fn with_capacity(fetched_count: usize) -> Stored {
-        Stored { agents: HashMap::with_capacity(fetched_count), raw_sha256: vec![None; fetched_count] }
-    }
-
-    /// Reads the stored state of `ids`, returned by position in the IDs sent so no ID
-    /// text is sent back or parsed. The first `batch_index.len()` IDs are fetched agents,
-    /// at those indexes of the batch; the rest are missing ones.
-    async fn read(
-        &mut self,
-        conn: &mut PgConnection,
-        ids: &[&AgentId],
-        batch_index: &[usize],
-    ) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
-        let rows: Vec<StoredRow> = sqlx::query_as(
-            "SELECT u.position, s.machine_id, s.computer_dns_name, s.assigned_application_id,
-                    s.scanner_software_version, s.mde_client_version, s.last_seen,
-                    s.last_command_execution_at, s.missing_since, s.raw_sha256
-             FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)
-             JOIN scan_agent_state s ON s.agent_id = u.agent_id",
-        )
-        .bind(&texts)
-        .fetch_all(&mut *conn)
-        .await
-        .during("reading the stored agents")?;
-        for row in rows {
-            let position = usize::try_from(row.position - 1).expect("ORDINALITY counts from 1");
-            if let Some(&index) = batch_index.get(position) {
-                self.raw_sha256[index] = row.raw_sha256;
-            }
-            let agent = StoredAgent {
-                attributes: Attributes {
-                    machine_id: row.machine_id,
-                    computer_dns_name: row.computer_dns_name,
-                    assigned_application_id: row.assigned_application_id,
-                    scanner_software_version: row.scanner_software_version,
-                    mde_client_version: row.mde_client_version,
-                },
-                last_seen: row.last_seen,
-                last_command_execution_at: row.last_command_execution_at,
-                missing_since: row.missing_since,
-            };
-            self.agents.insert(ids[position].clone(), agent);
-        }
-        Ok(())
+impl StoredRow {
+    /// The batch index and the stored state, or `None` for an agent known unchanged.
+    fn into_agent(self) -> (usize, Option<StoredAgent>) {
+        let index = usize::try_from(self.position - 1).expect("ORDINALITY counts from 1");
+        let agent = self.last_seen.map(|last_seen| StoredAgent {
+            attributes: Attributes {
+                machine_id: self.machine_id,
+                computer_dns_name: self.computer_dns_name,
+                assigned_application_id: self.assigned_application_id,
+                scanner_software_version: self.scanner_software_version,
+                mde_client_version: self.mde_client_version,
+            },
+            last_seen,
+            last_command_execution_at: self.last_command_execution_at,
+            missing_since: self.missing_since,
+        });
+        (index, agent)
     }
 }
 
-/// Sets `last_fetched_at` of every stored agent among `ids` (which `apply` does whatever
-/// the diff finds) and returns each one's stored fingerprint, parallel to `ids`: `None` for
-/// an agent not stored or whose fingerprint is unknown. Only the narrow fetch table is
-/// read, and its rows are rewritten in place (HOT).
-async fn stamp(
+/// Reads the stored state of `ids`, returned by position in the IDs sent so no ID text is
+/// sent back or parsed. IDs not stored are absent from the map.
+async fn read_stored(
     conn: &mut PgConnection,
-    ids: &[String],
-    at: DateTime<Utc>,
-) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-    let rows: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
-        "UPDATE scan_agent_fetches f SET last_fetched_at = $2
+    ids: &[&AgentId],
+) -> Result<HashMap<AgentId, StoredAgent>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+    let rows: Vec<StoredRow> = sqlx::query_as(
+        "SELECT u.position, s.machine_id, s.computer_dns_name, s.assigned_application_id,
+                s.scanner_software_version, s.mde_client_version, s.last_seen,
+                s.last_command_execution_at, s.missing_since
          FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)
-         WHERE f.agent_id = u.agent_id
-         RETURNING u.position, f.fingerprint",
+         JOIN scan_agent_state s ON s.agent_id = u.agent_id",
     )
-    .bind(ids)
-    .bind(at)
+    .bind(&texts)
     .fetch_all(&mut *conn)
     .await
-    .during("stamping the fetched agents")?;
-    let mut fingerprints = vec![None; ids.len()];
-    for (position, fingerprint) in rows {
-        fingerprints[usize::try_from(position - 1).expect("ORDINALITY counts from 1")] = fingerprint;
+    .during("reading the stored agents")?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| match row.into_agent() {
+            (index, Some(agent)) => Some((ids[index].clone(), agent)),
+            (_, None) => None,
+        })
+        .collect())
+}
+
+/// Compares each fetched agent's fingerprint with the stored one: returns whether they are
+/// equal (`known`, parallel to the batch) and the stored state of every stored agent whose
+/// fingerprint differs. An agent in neither is not stored. Known agents' state is not sent
+/// back: at 100k unchanged agents that would be most of the statement's time.
+async fn inspect(
+    conn: &mut PgConnection,
+    fetched: &[AgentRecord],
+    fingerprints: &[Vec<u8>],
+) -> Result<(Vec<bool>, HashMap<AgentId, StoredAgent>), StoreError> {
+    let ids: Vec<&str> = fetched.iter().map(|r| r.id.as_str()).collect();
+    let rows: Vec<StoredRow> = sqlx::query_as(
+        "SELECT u.position,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.machine_id END AS machine_id,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.computer_dns_name END
+                 AS computer_dns_name,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.assigned_application_id END
+                 AS assigned_application_id,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.scanner_software_version END
+                 AS scanner_software_version,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.mde_client_version END
+                 AS mde_client_version,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.last_seen END AS last_seen,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.last_command_execution_at END
+                 AS last_command_execution_at,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.missing_since END
+                 AS missing_since
+         FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS u(agent_id, fingerprint, position)
+         JOIN scan_agent_state s ON s.agent_id = u.agent_id",
+    )
+    .bind(&ids)
+    .bind(fingerprints)
+    .fetch_all(&mut *conn)
+    .await
+    .during("reading the stored agents' fingerprints")?;
+    let mut known = vec![false; fetched.len()];
+    let mut stored = HashMap::with_capacity(rows.len());
+    for row in rows {
+        match row.into_agent() {
+            (index, None) => known[index] = true,
+            (index, Some(agent)) => {
+                stored.insert(fetched[index].id.clone(), agent);
+            }
+        }
     }
-    Ok(fingerprints)
+    Ok((known, stored))
 }
 
 /// The versioned attributes of a set of agents as column arrays, borrowed from the batch.
@@ -293,35 +298,49 @@ struct StateColumns<'a> {
     attributes: AttributeColumns<'a>,
     last_seen: Vec<DateTime<Utc>>,
     last_command_execution_at: Vec<Option<DateTime<Utc>>>,
-    raw: Vec<String>,
-    raw_sha256: Vec<Vec<u8>>,
-    /// Only inserts use it: other rows' fingerprints are written by `write` in one statement.
     fingerprint: Vec<Vec<u8>>,
-    /// Whether the diff found a change (moves `last_changed_at`), rather than only a new payload.
-    changed: Vec<bool>,
+    /// Only rewrites use it: whether the attributes changed, so a new version opens.
+    new_version: Vec<bool>,
 }
 
 impl<'a> StateColumns<'a> {
-    fn push(&mut self, record: &'a AgentRecord, payload: Payload, changed: bool) {
-        let (raw, raw_sha256, fingerprint) = payload;
-        self.fingerprint.push(fingerprint);
+    fn push(&mut self, record: &'a AgentRecord, fingerprint: Vec<u8>) {
         self.attributes.push(record);
         self.last_seen.push(record.last_seen);
         self.last_command_execution_at.push(record.last_command_execution_at);
-        self.raw.push(raw);
-        self.raw_sha256.push(raw_sha256);
-        self.changed.push(changed);
+        self.fingerprint.push(fingerprint);
     }
 
-    /// Binds the attributes, then last_seen, last_command_execution_at, raw and raw_sha256:
-    /// the first ten parameters of both statements that write whole state rows.
+    /// Binds the attributes, then last_seen, last_command_execution_at and fingerprint: the
+    /// first nine parameters of both statements that write whole state rows.
     fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
         self.attributes
             .bind(query)
             .bind(&self.last_seen)
             .bind(&self.last_command_execution_at)
-            .bind(&self.raw)
-            .bind(&self.raw_sha256)
+            .bind(&self.fingerprint)
+    }
+}
+
+/// Payloads to write, one array per column.
+#[derive(Default)]
+struct PayloadColumns<'a> {
+    agent_id: Vec<&'a str>,
+    raw: Vec<String>,
+    raw_sha256: Vec<Vec<u8>>,
+}
+
+impl<'a> PayloadColumns<'a> {
+    fn push(&mut self, record: &'a AgentRecord, raw: String, raw_sha256: Vec<u8>) {
+        self.agent_id.push(record.id.as_str());
+        self.raw.push(raw);
+        self.raw_sha256.push(raw_sha256);
+    }
+
+    /// Binds agent_id, raw and raw_sha256: the parameters of both statements that write
+    /// payloads.
+    fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query.bind(&self.agent_id).bind(&self.raw).bind(&self.raw_sha256)
     }
 }
 
@@ -356,9 +375,6 @@ impl Payloads {
     }
 }
 
-/// One fetched payload: text, SHA-256, the agent's fingerprint.
-type Payload = (String, Vec<u8>, Vec<u8>);
-
 /// SHA-256 over everything [`Diff::compute`] compares for a present agent, and the payload
 /// hash: equal fingerprints mean the diff finds the agent unchanged and `raw` need not be
 /// rewritten. Each text is length-prefixed and each optional value tagged, so no two
@@ -392,44 +408,47 @@ async fn write(
     tx: &mut Transaction<'_, Postgres>,
     fetched: &[AgentRecord],
     payloads: Payloads,
-    stored: &Stored,
-    stored_fingerprints: &[Option<Vec<u8>>],
+    known: &[bool],
     diff: &Diff,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let mut inserts = StateColumns::default();
-    let mut rewrites = StateColumns::default();
-    let mut versions = AttributeColumns::default();
+    let mut new_agents = StateColumns::default();
+    let mut new_payloads = PayloadColumns::default();
+    let mut changed_agents = StateColumns::default();
+    let mut other_payloads = PayloadColumns::default();
+    let mut stamped_ids: Vec<&str> = Vec::new();
+    let mut stamped_fingerprints: Vec<Vec<u8>> = Vec::new();
     let mut closed_versions: Vec<&str> = Vec::new();
     let mut seen_ids: Vec<&str> = Vec::new();
     let mut seen_values: Vec<DateTime<Utc>> = Vec::new();
-    let mut refingerprinted_ids: Vec<&str> = Vec::new();
-    let mut refingerprinted: Vec<Vec<u8>> = Vec::new();
     let payloads = payloads.text.into_iter().zip(payloads.sha256).zip(payloads.fingerprint);
-    for ((((record, agent), stored_sha256), stored_fingerprint), ((raw, sha256), fingerprint)) in
-        fetched.iter().zip(&diff.agents).zip(&stored.raw_sha256).zip(stored_fingerprints).zip(payloads)
+    for (((record, agent), known), ((raw, sha256), fingerprint)) in
+        fetched.iter().zip(&diff.agents).zip(known).zip(payloads)
     {
-        // A matching fingerprint means the row holds this very payload, too.
-        let known = stored_fingerprint.as_ref() == Some(&fingerprint);
-        // Every row written below then holds exactly the fetched agent, present: that is
-        // what a fingerprint stands for.
-        if agent.status != Status::New && !known {
-            refingerprinted_ids.push(record.id.as_str());
-            refingerprinted.push(fingerprint.clone());
-        }
+        // Every state row written below then holds exactly the fetched agent, present:
+        // that is what its fingerprint stands for. Each is written once, stamp included, so
+        // every rewrite finds room on its page (HOT).
         match agent.status {
-            Status::New => inserts.push(record, (raw, sha256, fingerprint), true),
-            Status::Changed => rewrites.push(record, (raw, sha256, fingerprint), true),
-            Status::Unchanged if !known && stored_sha256.as_ref() != Some(&sha256) => {
-                rewrites.push(record, (raw, sha256, fingerprint), false);
+            Status::New => {
+                new_agents.push(record, fingerprint);
+                new_payloads.push(record, raw, sha256);
             }
-            Status::Unchanged => {}
+            Status::Changed => {
+                changed_agents.push(record, fingerprint);
+                changed_agents.new_version.push(agent.attributes_changed);
+                other_payloads.push(record, raw, sha256);
+            }
+            Status::Unchanged => {
+                stamped_ids.push(record.id.as_str());
+                stamped_fingerprints.push(fingerprint);
+                // A known agent's payload is stored already.
+                if !known {
+                    other_payloads.push(record, raw, sha256);
+                }
+            }
         }
-        if agent.attributes_changed {
-            versions.push(record);
-            if agent.status == Status::Changed {
-                closed_versions.push(record.id.as_str());
-            }
+        if agent.attributes_changed && agent.status == Status::Changed {
+            closed_versions.push(record.id.as_str());
         }
         if agent.last_seen_changed {
             seen_ids.push(record.id.as_str());
@@ -437,29 +456,20 @@ async fn write(
         }
     }
 
-    if !inserts.changed.is_empty() {
-        insert_agents(tx, &inserts, at).await?;
-    }
-    if !rewrites.changed.is_empty() {
-        rewrite_agents(tx, &rewrites, at).await?;
-    }
-    if !refingerprinted_ids.is_empty() {
-        sqlx::query(
-            "UPDATE scan_agent_fetches f SET fingerprint = u.fingerprint
-             FROM UNNEST($1::text[], $2::bytea[]) AS u(agent_id, fingerprint)
-             WHERE f.agent_id = u.agent_id",
-        )
-        .bind(&refingerprinted_ids)
-        .bind(&refingerprinted)
-        .execute(&mut **tx)
-        .await
-        .during("recording agent fingerprints")?;
+    if !new_agents.last_seen.is_empty() {
+        insert_agents(tx, &new_agents, &new_payloads, at).await?;
     }
     if !closed_versions.is_empty() {
+        // Before the state rows change: each closing version is copied from the row it leaves.
         sqlx::query(
-            "UPDATE scan_agent_versions v SET valid_to = $2
+            "INSERT INTO scan_agent_version_history (version_id, agent_id, machine_id,
+                 computer_dns_name, assigned_application_id, scanner_software_version,
+                 mde_client_version, valid_from, valid_to)
+             SELECT s.version_id, s.agent_id, s.machine_id, s.computer_dns_name,
+                    s.assigned_application_id, s.scanner_software_version, s.mde_client_version,
+                    s.valid_from, $2
              FROM UNNEST($1::text[]) AS u(agent_id)
-             WHERE v.agent_id = u.agent_id AND v.valid_to IS NULL",
+             JOIN scan_agent_state s ON s.agent_id = u.agent_id",
         )
         .bind(&closed_versions)
         .bind(at)
@@ -467,14 +477,31 @@ async fn write(
         .await
         .during("closing superseded versions")?;
     }
-    if !versions.agent_id.is_empty() {
-        let insert = sqlx::query(
-            "INSERT INTO scan_agent_versions (agent_id, machine_id, computer_dns_name,
-                 assigned_application_id, scanner_software_version, mde_client_version, valid_from)
-             SELECT u.*, $7 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
-                                        $5::text[], $6::text[]) AS u",
+    if !changed_agents.last_seen.is_empty() {
+        rewrite_agents(tx, &changed_agents, at).await?;
+    }
+    if !stamped_ids.is_empty() {
+        // Unchanged agents: the fetch stamp, and the fingerprint where it was unknown.
+        sqlx::query(
+            "UPDATE scan_agent_state s SET last_fetched_at = $3, fingerprint = u.fingerprint
+             FROM UNNEST($1::text[], $2::bytea[]) AS u(agent_id, fingerprint)
+             WHERE s.agent_id = u.agent_id",
+        )
+        .bind(&stamped_ids)
+        .bind(&stamped_fingerprints)
+        .bind(at)
+        .execute(&mut **tx)
+        .await
+        .during("stamping the fetched agents")?;
+    }
+    if !other_payloads.agent_id.is_empty() {
+        // `raw` is not read back: a payload whose hash is unchanged is left as it is.
+        let update = sqlx::query(
+            "UPDATE scan_agent_payloads p SET raw = u.raw::json, raw_sha256 = u.raw_sha256
+             FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(agent_id, raw, raw_sha256)
+             WHERE p.agent_id = u.agent_id AND p.raw_sha256 IS DISTINCT FROM u.raw_sha256",
         );
-        versions.bind(insert).bind(at).execute(&mut **tx).await.during("opening new versions")?;
+        other_payloads.bind(update).execute(&mut **tx).await.during("updating changed payloads")?;
     }
     if !seen_ids.is_empty() {
         // A lastSeen value held before (it went back and forth) is already recorded once.
@@ -495,13 +522,9 @@ async fn write(
         let missing: Vec<&str> = diff.went_missing.iter().map(AgentId::as_str).collect();
         // A missing agent's row no longer holds the agent as fetched: its fingerprint goes.
         sqlx::query(
-            "WITH marked AS (
-                 UPDATE scan_agent_state a SET missing_since = $2, last_changed_at = $2
-                 FROM UNNEST($1::text[]) AS u(agent_id)
-                 WHERE a.agent_id = u.agent_id AND a.missing_since IS NULL
-                 RETURNING a.agent_id)
-             UPDATE scan_agent_fetches f SET fingerprint = NULL FROM marked
-             WHERE f.agent_id = marked.agent_id",
+            "UPDATE scan_agent_state a SET missing_since = $2, last_changed_at = $2, fingerprint = NULL
+             FROM UNNEST($1::text[]) AS u(agent_id)
+             WHERE a.agent_id = u.agent_id AND a.missing_since IS NULL",
         )
         .bind(&missing)
         .bind(at)
@@ -512,42 +535,36 @@ async fn write(
     Ok(())
 }
 
-/// Inserts agents seen for the first time, with their first fetch stamp.
+/// Inserts agents seen for the first time: state with its first version and fetch stamp,
+/// and payload.
 async fn insert_agents(
     tx: &mut Transaction<'_, Postgres>,
     rows: &StateColumns<'_>,
+    payloads: &PayloadColumns<'_>,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let insert = sqlx::query(
         "INSERT INTO scan_agent_state (agent_id, machine_id, computer_dns_name,
              assigned_application_id, scanner_software_version, mde_client_version,
-             last_seen, last_command_execution_at, raw, raw_sha256,
-             first_observed_at, last_changed_at)
-         SELECT u.agent_id, u.machine_id, u.computer_dns_name, u.assigned_application_id,
-                u.scanner_software_version, u.mde_client_version, u.last_seen,
-                u.last_command_execution_at, u.raw::jsonb, u.raw_sha256, $11, $11
+             last_seen, last_command_execution_at, fingerprint,
+             first_observed_at, last_changed_at, valid_from, last_fetched_at)
+         SELECT u.*, $10, $10, $10, $10
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::timestamptz[], $8::timestamptz[], $9::text[], $10::bytea[])
-              AS u(agent_id, machine_id, computer_dns_name, assigned_application_id,
-                   scanner_software_version, mde_client_version, last_seen,
-                   last_command_execution_at, raw, raw_sha256)",
+                     $7::timestamptz[], $8::timestamptz[], $9::bytea[]) AS u",
     );
     rows.bind(insert).bind(at).execute(&mut **tx).await.during("inserting new agents")?;
-    sqlx::query(
-        "INSERT INTO scan_agent_fetches (agent_id, last_fetched_at, fingerprint)
-         SELECT u.agent_id, $3, u.fingerprint FROM UNNEST($1::text[], $2::bytea[]) AS u(agent_id, fingerprint)",
-    )
-    .bind(&rows.attributes.agent_id)
-    .bind(&rows.fingerprint)
-    .bind(at)
-    .execute(&mut **tx)
-    .await
-    .during("stamping new agents")?;
+    let insert = sqlx::query(
+        "INSERT INTO scan_agent_payloads (agent_id, raw, raw_sha256)
+         SELECT u.agent_id, u.raw::json, u.raw_sha256
+         FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(agent_id, raw, raw_sha256)",
+    );
+    payloads.bind(insert).execute(&mut **tx).await.during("storing new payloads")?;
     Ok(())
 }
 
-/// Rewrites the state of agents that changed, or whose payload alone differs. A fetched
-/// agent is present, so `missing_since` clears.
+/// Rewrites the state of agents that changed, stamp included. A fetched agent is present, so
+/// `missing_since` clears; changed attributes open a new version (the closing one is
+/// already in the history).
 async fn rewrite_agents(
     tx: &mut Transaction<'_, Postgres>,
     rows: &StateColumns<'_>,
@@ -562,19 +579,21 @@ async fn rewrite_agents(
              mde_client_version = u.mde_client_version,
              last_seen = u.last_seen,
              last_command_execution_at = u.last_command_execution_at,
-             raw = u.raw::jsonb,
-             raw_sha256 = u.raw_sha256,
-             last_changed_at = CASE WHEN u.changed THEN $12 ELSE s.last_changed_at END,
-             missing_since = NULL
+             fingerprint = u.fingerprint,
+             last_fetched_at = $11,
+             last_changed_at = $11,
+             missing_since = NULL,
+             version_id = CASE WHEN u.new_version THEN nextval('scan_agent_version_id_seq') ELSE s.version_id END,
+             valid_from = CASE WHEN u.new_version THEN $11 ELSE s.valid_from END
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::timestamptz[], $8::timestamptz[], $9::text[], $10::bytea[], $11::bool[])
+                     $7::timestamptz[], $8::timestamptz[], $9::bytea[], $10::bool[])
               AS u(agent_id, machine_id, computer_dns_name, assigned_application_id,
                    scanner_software_version, mde_client_version, last_seen,
-                   last_command_execution_at, raw, raw_sha256, changed)
+                   last_command_execution_at, fingerprint, new_version)
          WHERE s.agent_id = u.agent_id",
     );
     rows.bind(update)
-        .bind(&rows.changed)
+        .bind(&rows.new_version)
         .bind(at)
         .execute(&mut **tx)
         .await
