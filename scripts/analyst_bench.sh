@@ -13,11 +13,14 @@
 # Every change is a new `mde_client_version`; the scanner version goes NULL (a quarter of the
 # agents) or 7.7 -> 7.8 -> 7.9, and 90% of the agents went 7.9 -> 8.0 in the last week
 # (45 000 scanner changes); the DNS name changes once. 5% of the agents were last seen two
-# days ago. Rows are inserted in valid_from order, as the service appends them.
+# days ago. The layout is that of migration 0006: the 950 000 closed versions are rows of
+# `scan_agent_version_history`, inserted in valid_to order as the diff engine appends them
+# when a version closes, and each agent's current version is in its `scan_agent_state` row.
 #
 # Usage: scripts/analyst_bench.sh                      (RUNS=5, keeps the database)
 #        AGENTS=2500 scripts/analyst_bench.sh          (a 50 000-row history instead)
-#        MIGRATIONS_DIR=/tmp/old-migrations scripts/analyst_bench.sh   (earlier definitions)
+#        MIGRATIONS_DIR=/tmp/other-migrations scripts/analyst_bench.sh   (other definitions,
+#            on the layout of 0006; for the layout before it, the script as of commit 1bf86dd)
 #        REUSE=1 scripts/analyst_bench.sh              (time again without rebuilding)
 # Needs: psql, and PostgreSQL at DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)
 # where this user may CREATE DATABASE. The database is BENCH_DB (default sas_analyst_bench),
@@ -54,30 +57,46 @@ SELECT i,
        date_trunc('hour', now()) - make_interval(hours => (i * 7919) % 168) AS last_change
 FROM generate_series(0, :agents - 1) AS i;
 
--- scan_agents is a view (migration 0003): the current state and the fetch stamp are tables.
-INSERT INTO scan_agent_state (agent_id, machine_id, computer_dns_name, assigned_application_id,
-    scanner_software_version, mde_client_version, last_seen, raw, first_observed_at,
-    last_changed_at)
-SELECT agent_id, 'machine-' || i, 'host-' || i || '-b.example.org', 'app-1',
-       CASE WHEN i % 10 = 0 THEN '7.9' ELSE '8.0' END, '10.19',
-       CASE WHEN i % 20 = 0 THEN now() - interval '2 days' ELSE now() - make_interval(secs => i % 3600) END,
-       '{}'::jsonb, last_change - interval '190 days', last_change
-FROM fleet;
-INSERT INTO scan_agent_fetches (agent_id, last_fetched_at) SELECT agent_id, now() FROM fleet;
+-- Every version of every agent, numbered in the order they opened (the diff engine takes
+-- the next version_id when it opens a version).
+CREATE TEMP TABLE versions AS
+SELECT row_number() OVER (ORDER BY valid_from, agent_id) AS version_id, v.*
+FROM (
+    SELECT f.agent_id, 'machine-' || f.i AS machine_id,
+           'host-' || f.i || CASE WHEN k >= 10 THEN '-b' ELSE '' END || '.example.org' AS computer_dns_name,
+           'app-1' AS assigned_application_id,
+           CASE WHEN k <= 4 THEN CASE WHEN f.i % 4 = 0 THEN NULL ELSE '7.7' END
+                WHEN k <= 11 THEN '7.8'
+                WHEN k <= 18 OR f.i % 10 = 0 THEN '7.9'
+                ELSE '8.0' END AS scanner_software_version,
+           '10.' || k AS mde_client_version,
+           f.last_change - make_interval(days => 10 * (19 - k)) AS valid_from,
+           CASE WHEN k < 19 THEN f.last_change - make_interval(days => 10 * (18 - k)) END AS valid_to
+    FROM fleet f CROSS JOIN generate_series(0, 19) AS k
+) v;
 
-INSERT INTO scan_agent_versions (agent_id, machine_id, computer_dns_name, assigned_application_id,
-    scanner_software_version, mde_client_version, valid_from, valid_to)
-SELECT f.agent_id, 'machine-' || f.i,
-       'host-' || f.i || CASE WHEN k >= 10 THEN '-b' ELSE '' END || '.example.org', 'app-1',
-       CASE WHEN k <= 4 THEN CASE WHEN f.i % 4 = 0 THEN NULL ELSE '7.7' END
-            WHEN k <= 11 THEN '7.8'
-            WHEN k <= 18 OR f.i % 10 = 0 THEN '7.9'
-            ELSE '8.0' END,
-       '10.' || k,
-       f.last_change - make_interval(days => 10 * (19 - k)),
-       CASE WHEN k < 19 THEN f.last_change - make_interval(days => 10 * (18 - k)) END
-FROM fleet f CROSS JOIN generate_series(0, 19) AS k
-ORDER BY 7;
+-- The layout of migration 0006: the current version in the state row (scan_agents is a view
+-- over the state, the fetch stamp and the payload), closed versions in the history table,
+-- appended when they closed, so in valid_to order.
+INSERT INTO scan_agent_state (agent_id, machine_id, computer_dns_name, assigned_application_id,
+    scanner_software_version, mde_client_version, last_seen, first_observed_at,
+    last_changed_at, version_id, valid_from)
+SELECT f.agent_id, v.machine_id, v.computer_dns_name, v.assigned_application_id,
+       v.scanner_software_version, v.mde_client_version,
+       CASE WHEN f.i % 20 = 0 THEN now() - interval '2 days' ELSE now() - make_interval(secs => f.i % 3600) END,
+       f.last_change - interval '190 days', f.last_change, v.version_id, v.valid_from
+FROM fleet f JOIN versions v ON v.agent_id = f.agent_id AND v.valid_to IS NULL
+ORDER BY f.agent_id;
+INSERT INTO scan_agent_fetches (agent_id, last_fetched_at) SELECT agent_id, now() FROM fleet;
+INSERT INTO scan_agent_payloads (agent_id, raw) SELECT agent_id, '{}'::jsonb FROM fleet;
+
+INSERT INTO scan_agent_version_history (version_id, agent_id, machine_id, computer_dns_name,
+    assigned_application_id, scanner_software_version, mde_client_version, valid_from, valid_to)
+SELECT version_id, agent_id, machine_id, computer_dns_name, assigned_application_id,
+       scanner_software_version, mde_client_version, valid_from, valid_to
+FROM versions WHERE valid_to IS NOT NULL
+ORDER BY valid_to, version_id;
+SELECT setval('scan_agent_version_id_seq', max(version_id) + 1, false) AS next_version_id FROM versions \gset
 
 INSERT INTO scan_agent_last_seen (agent_id, last_seen, observed_at)
 SELECT a.agent_id, a.last_seen - make_interval(hours => 12 * j), a.last_seen - make_interval(hours => 12 * j) + interval '1 minute'

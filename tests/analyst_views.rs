@@ -8,8 +8,6 @@
 mod support;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
-use scan_agent_sync::agent::AgentRecord;
-use serde_json::json;
 use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, Postgres};
 
@@ -51,47 +49,82 @@ fn history() -> Vec<Version> {
 }
 
 /// A connection with the session in UTC, day 0 (ten days ago) and the version_id of each
-/// row of `history()`, after replacing the versions the diff engine wrote for the agents.
+/// row of `history()`, written in the layout of migration 0006: each closed version a row of
+/// scan_agent_version_history, each agent's current version in its scan_agent_state row
+/// (with its fetch and payload rows, so scan_agents shows it). Written directly rather than
+/// through `Store::apply`, so these tests pin the views down whatever the diff engine does.
 async fn hand_made_history() -> (PoolConnection<Postgres>, NaiveDate, Vec<i64>) {
     let store = support::fresh_store().await;
-    // The agents' current state (scan_agents), as the service would hold it.
-    let current =
-        [("a1", Some("7.2"), "01"), ("a2", Some("7.2"), "02"), ("a3", None, "03"), ("a4", Some("7.1"), "04")];
-    let records = current
-        .iter()
-        .map(|(id, scanner, hour)| {
-            AgentRecord::from_json(json!({
-                "id": id, "computerDnsName": format!("{id}.example.org"),
-                "scannerSoftwareVersion": scanner, "lastSeen": format!("2026-01-01T{hour}:00:00Z"),
-            }))
-            .unwrap()
-        })
-        .collect();
-    store.apply(records, &[]).await.unwrap();
-
     let mut conn = store.pool().acquire().await.unwrap();
     sqlx::query("SET TIME ZONE 'UTC'").execute(&mut *conn).await.unwrap();
-    sqlx::query("DELETE FROM scan_agent_versions").execute(&mut *conn).await.unwrap();
     let day0: NaiveDate = sqlx::query_scalar("SELECT current_date - 10").fetch_one(&mut *conn).await.unwrap();
+    // When each agent was last seen (scan_agent_version_distribution): 2026-01-01 at 01:00
+    // for a1 to 04:00 for a4.
+    let last_seen = |agent: &str| {
+        let hour = &agent[1..];
+        DateTime::parse_from_rfc3339(&format!("2026-01-01T0{hour}:00:00Z")).unwrap().to_utc()
+    };
     let mut ids = Vec::new();
     for v in history() {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO scan_agent_versions (agent_id, machine_id, computer_dns_name,
-                 assigned_application_id, scanner_software_version, mde_client_version, valid_from, valid_to)
-             VALUES ($1, 'machine-' || $1, $2, 'app-1', $3, $4,
-                     $5::date + make_interval(mins => $6), $5::date + make_interval(mins => $7))
-             RETURNING version_id",
-        )
-        .bind(v.agent)
-        .bind(v.dns)
-        .bind(v.scanner)
-        .bind(v.mde)
-        .bind(day0)
-        .bind(v.from as i32)
-        .bind(v.to.map(|to| to as i32))
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
+        // Version IDs come from the sequence the diff engine takes them from, in the order
+        // the versions opened.
+        let id: i64 = sqlx::query_scalar("SELECT nextval('scan_agent_version_id_seq')")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        match v.to {
+            Some(to) => {
+                sqlx::query(
+                    "INSERT INTO scan_agent_version_history (version_id, agent_id, machine_id,
+                         computer_dns_name, assigned_application_id, scanner_software_version,
+                         mde_client_version, valid_from, valid_to)
+                     VALUES ($1, $2, 'machine-' || $2, $3, 'app-1', $4, $5,
+                             $6::date + make_interval(mins => $7), $6::date + make_interval(mins => $8))",
+                )
+                .bind(id)
+                .bind(v.agent)
+                .bind(v.dns)
+                .bind(v.scanner)
+                .bind(v.mde)
+                .bind(day0)
+                .bind(v.from as i32)
+                .bind(to as i32)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            }
+            None => {
+                sqlx::query(
+                    "WITH state AS (
+                         INSERT INTO scan_agent_state (agent_id, machine_id, computer_dns_name,
+                             assigned_application_id, scanner_software_version, mde_client_version,
+                             last_seen, first_observed_at, last_changed_at, version_id, valid_from)
+                         SELECT $2, 'machine-' || $2, $3, 'app-1', $4, $5, $6,
+                                coalesce((SELECT min(h.valid_from) FROM scan_agent_version_history h
+                                          WHERE h.agent_id = $2), opened), opened, $1, opened
+                         FROM (SELECT $7::date + make_interval(mins => $8) AS opened) o
+                         RETURNING agent_id
+                     ),
+                     fetched AS (
+                         INSERT INTO scan_agent_fetches (agent_id, last_fetched_at)
+                         SELECT agent_id, now() FROM state
+                     )
+                     INSERT INTO scan_agent_payloads (agent_id, raw)
+                     SELECT agent_id, jsonb_build_object('id', agent_id) FROM state",
+                )
+                .bind(id)
+                .bind(v.agent)
+                .bind(v.dns)
+                .bind(v.scanner)
+                .bind(v.mde)
+                .bind(last_seen(v.agent))
+                .bind(day0)
+                .bind(v.from as i32)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            }
+        }
         ids.push(id);
     }
     (conn, day0, ids)
@@ -158,11 +191,12 @@ async fn version_changes_pair_each_version_with_its_predecessor_per_attribute() 
     );
     assert_eq!(changes(&mut conn, day0, "WHERE field = 'machine_id'").await, []);
     // Joined as BI tools join it (the view must stay joinable by agent_id, docs/analysts.md).
+    // scan_agents holds the current version, so a1 under its new DNS name.
     assert_eq!(
         changes(
             &mut conn,
             day0,
-            "JOIN scan_agents a USING (agent_id) WHERE a.computer_dns_name = 'a1.example.org'"
+            "JOIN scan_agents a USING (agent_id) WHERE a.computer_dns_name = 'a1-new.example.org'"
         )
         .await,
         pick(&[0, 1, 4])
