@@ -76,19 +76,18 @@ FROM (
 ) v;
 
 -- The layout of migration 0006: the current version in the state row (scan_agents is a view
--- over the state, the fetch stamp and the payload), closed versions in the history table,
+-- over the state and the payload), closed versions in the history table,
 -- appended when they closed, so in valid_to order.
 INSERT INTO scan_agent_state (agent_id, machine_id, computer_dns_name, assigned_application_id,
     scanner_software_version, mde_client_version, last_seen, first_observed_at,
-    last_changed_at, version_id, valid_from)
+    last_changed_at, version_id, valid_from, last_fetched_at)
 SELECT f.agent_id, v.machine_id, v.computer_dns_name, v.assigned_application_id,
        v.scanner_software_version, v.mde_client_version,
        CASE WHEN f.i % 20 = 0 THEN now() - interval '2 days' ELSE now() - make_interval(secs => f.i % 3600) END,
-       f.last_change - interval '190 days', f.last_change, v.version_id, v.valid_from
+       f.last_change - interval '190 days', f.last_change, v.version_id, v.valid_from, now()
 FROM fleet f JOIN versions v ON v.agent_id = f.agent_id AND v.valid_to IS NULL
 ORDER BY f.agent_id;
-INSERT INTO scan_agent_fetches (agent_id, last_fetched_at) SELECT agent_id, now() FROM fleet;
-INSERT INTO scan_agent_payloads (agent_id, raw) SELECT agent_id, '{}'::jsonb FROM fleet;
+INSERT INTO scan_agent_payloads (agent_id, raw) SELECT agent_id, '{}'::json FROM fleet;
 
 INSERT INTO scan_agent_version_history (version_id, agent_id, machine_id, computer_dns_name,
     assigned_application_id, scanner_software_version, mde_client_version, valid_from, valid_to)

@@ -51,7 +51,7 @@ fn history() -> Vec<Version> {
 /// A connection with the session in UTC, day 0 (ten days ago) and the version_id of each
 /// row of `history()`, written in the layout of migration 0006: each closed version a row of
 /// scan_agent_version_history, each agent's current version in its scan_agent_state row
-/// (with its fetch and payload rows, so scan_agents shows it). Written directly rather than
+/// (with its payload row, so scan_agents shows it). Written directly rather than
 /// through `Store::apply`, so these tests pin the views down whatever the diff engine does.
 async fn hand_made_history() -> (PoolConnection<Postgres>, NaiveDate, Vec<i64>) {
     let store = support::fresh_store().await;
@@ -98,19 +98,16 @@ async fn hand_made_history() -> (PoolConnection<Postgres>, NaiveDate, Vec<i64>) 
                     "WITH state AS (
                          INSERT INTO scan_agent_state (agent_id, machine_id, computer_dns_name,
                              assigned_application_id, scanner_software_version, mde_client_version,
-                             last_seen, first_observed_at, last_changed_at, version_id, valid_from)
+                             last_seen, first_observed_at, last_changed_at, version_id, valid_from,
+                             last_fetched_at)
                          SELECT $2, 'machine-' || $2, $3, 'app-1', $4, $5, $6,
                                 coalesce((SELECT min(h.valid_from) FROM scan_agent_version_history h
-                                          WHERE h.agent_id = $2), opened), opened, $1, opened
+                                          WHERE h.agent_id = $2), opened), opened, $1, opened, now()
                          FROM (SELECT $7::date + make_interval(mins => $8) AS opened) o
                          RETURNING agent_id
-                     ),
-                     fetched AS (
-                         INSERT INTO scan_agent_fetches (agent_id, last_fetched_at)
-                         SELECT agent_id, now() FROM state
                      )
                      INSERT INTO scan_agent_payloads (agent_id, raw)
-                     SELECT agent_id, jsonb_build_object('id', agent_id) FROM state",
+                     SELECT agent_id, json_build_object('id', agent_id) FROM state",
                 )
                 .bind(id)
                 .bind(v.agent)

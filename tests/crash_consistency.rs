@@ -312,27 +312,23 @@ async fn check_names_each_violated_invariant_and_exits_1() {
     let clean = support::output(&mut fixture.command(&config, 0, "check"));
     assert!(clean.status.success(), "an empty database breaks nothing: {clean:?}");
 
-    // By hand, what no crash may leave: two open versions (the unique index that prevents
-    // it dropped first), a gap between versions, a current version that disagrees with the
-    // agent's row, a last_seen without its history row, and three calls in one second.
+    // By hand, what no crash may leave: overlapping versions, a gap between versions, a
+    // last_seen without its history row, history of an agent that is not stored, and three
+    // calls in one second.
     sqlx::raw_sql(
-        "DROP INDEX scan_agent_versions_one_current;
-         INSERT INTO scan_agent_state (agent_id, scanner_software_version, last_seen, raw,
-                                       first_observed_at, last_changed_at)
-         VALUES ('agent-two-open', '1', '2026-01-01', '{}', now(), now()),
-                ('agent-gap', '2', '2026-01-01', '{}', now(), now()),
-                ('agent-unseen', '1', '2026-01-01', '{}', now(), now());
-         INSERT INTO scan_agent_fetches (agent_id, last_fetched_at)
-         SELECT agent_id, now() FROM scan_agent_state;
-         INSERT INTO scan_agent_versions (agent_id, scanner_software_version, valid_from, valid_to)
-         VALUES ('agent-two-open', '1', '2026-01-01', NULL),
-                ('agent-two-open', '1', '2026-01-02', NULL),
-                ('agent-gap', '1', '2026-01-01', '2026-01-02'),
-                ('agent-gap', '3', '2026-01-03', NULL),
-                ('agent-unseen', '1', '2026-01-01', NULL);
-         ALTER TABLE scan_agent_last_seen DROP CONSTRAINT IF EXISTS scan_agent_last_seen_agent_id_fkey;
+        "INSERT INTO scan_agent_state (agent_id, scanner_software_version, last_seen,
+                                       first_observed_at, last_changed_at, last_fetched_at, valid_from)
+         VALUES ('agent-overlap', '1', '2026-01-01', now(), now(), now(), '2026-01-03'),
+                ('agent-gap', '2', '2026-01-01', now(), now(), now(), '2026-01-03'),
+                ('agent-unseen', '1', '2026-01-01', now(), now(), now(), '2026-01-01');
+         INSERT INTO scan_agent_payloads (agent_id, raw) SELECT agent_id, '{}' FROM scan_agent_state;
+         INSERT INTO scan_agent_version_history (version_id, agent_id, scanner_software_version,
+                                                 valid_from, valid_to)
+         VALUES (1001, 'agent-overlap', '1', '2026-01-01', '2026-01-03'),
+                (1002, 'agent-overlap', '1', '2026-01-02', '2026-01-03'),
+                (1003, 'agent-gap', '1', '2026-01-01', '2026-01-02');
          INSERT INTO scan_agent_last_seen (agent_id, last_seen, observed_at)
-         VALUES ('agent-two-open', '2026-01-01', now()), ('agent-gap', '2026-01-01', now()),
+         VALUES ('agent-overlap', '2026-01-01', now()), ('agent-gap', '2026-01-01', now()),
                 ('agent-gone', '2026-01-01', now());
          INSERT INTO api_calls (called_at, endpoint)
          VALUES ('2026-01-01 00:00:00', 'by-id'), ('2026-01-01 00:00:00.5', 'by-id'),
@@ -352,41 +348,25 @@ async fn check_names_each_violated_invariant_and_exits_1() {
             .unwrap_or_else(|| panic!("no line for {name}:\n{stdout}"))
             .to_owned()
     };
-    let one_current = line("one_current_version");
-    assert!(
-        one_current.starts_with("VIOLATED") && one_current.contains("1 violation(s), e.g. agent-two-open"),
-        "{stdout}"
-    );
     let contiguous = line("contiguous_versions");
     assert!(
-        contiguous.starts_with("VIOLATED") && contiguous.contains("e.g. agent-gap, agent-two-open"),
+        contiguous.starts_with("VIOLATED")
+            && contiguous.contains("2 violation(s), e.g. agent-gap, agent-overlap"),
         "{stdout}"
     );
     let last_seen = line("last_seen_kept");
     assert!(last_seen.starts_with("VIOLATED") && last_seen.contains("e.g. agent-unseen"), "{stdout}");
-    let matches = line("current_version_matches");
-    assert!(matches.starts_with("VIOLATED") && matches.contains("e.g. agent-gap"), "{stdout}");
     let orphans = line("history_has_agents");
     assert!(orphans.starts_with("VIOLATED") && orphans.contains("e.g. agent-gone"), "{stdout}");
     let window = line("rate_window_2/1s");
     assert!(window.starts_with("VIOLATED") && window.contains("1 violation(s)"), "{stdout}");
-    assert!(stdout.contains("6 of 6 invariants violated"), "{stdout}");
+    assert!(stdout.contains("4 of 4 invariants violated"), "{stdout}");
 
     let json = support::output(fixture.command(&config, 0, "check").arg("--json"));
     assert_eq!(json.status.code(), Some(1));
     let findings: serde_json::Value = serde_json::from_slice(&json.stdout).expect("check --json prints JSON");
     let names: Vec<&str> =
         findings.as_array().expect("an array").iter().filter_map(|f| f["name"].as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "one_current_version",
-            "contiguous_versions",
-            "last_seen_kept",
-            "current_version_matches",
-            "history_has_agents",
-            "rate_window_2/1s"
-        ]
-    );
-    assert_eq!(findings[0]["examples"], serde_json::json!(["agent-two-open"]));
+    assert_eq!(names, ["contiguous_versions", "last_seen_kept", "history_has_agents", "rate_window_2/1s"]);
+    assert_eq!(findings[0]["examples"], serde_json::json!(["agent-gap", "agent-overlap"]));
 }

@@ -18,7 +18,7 @@ pub const EXAMPLES: usize = 5;
 /// The outcome of one invariant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
-    /// A stable name for scripts, e.g. `one_current_version`.
+    /// A stable name for scripts, e.g. `contiguous_versions`.
     pub name: String,
     /// What must hold, in words.
     pub rule: String,
@@ -36,16 +36,9 @@ impl Finding {
 }
 
 /// The history invariants: name, rule, and a query yielding one `subject` per violation.
-const HISTORY: [(&str, &str, &str); 5] = [
-    (
-        "one_current_version",
-        "every agent in scan_agents has exactly one current version (valid_to IS NULL)",
-        "SELECT a.agent_id AS subject
-         FROM scan_agents a
-         LEFT JOIN scan_agent_versions v ON v.agent_id = a.agent_id AND v.valid_to IS NULL
-         GROUP BY a.agent_id
-         HAVING count(v.version_id) <> 1",
-    ),
+/// "Exactly one current version per agent, holding the agent's attributes" needs no query
+/// since migration 20261128000006: the current version is the agent's state row.
+const HISTORY: [(&str, &str, &str); 3] = [
     (
         "contiguous_versions",
         "each agent's versions, by valid_from, end where the next begins (no gap, no overlap) \
@@ -71,27 +64,15 @@ const HISTORY: [(&str, &str, &str); 5] = [
                            WHERE s.agent_id = a.agent_id AND s.last_seen = a.last_seen)",
     ),
     (
-        "current_version_matches",
-        "each agent's current version holds the attributes scan_agents holds now",
-        "SELECT a.agent_id AS subject
-         FROM scan_agents a
-         JOIN scan_agent_versions v ON v.agent_id = a.agent_id AND v.valid_to IS NULL
-         WHERE (v.machine_id, v.computer_dns_name, v.assigned_application_id,
-                v.scanner_software_version, v.mde_client_version)
-               IS DISTINCT FROM
-               (a.machine_id, a.computer_dns_name, a.assigned_application_id,
-                a.scanner_software_version, a.mde_client_version)",
-    ),
-    (
         // No foreign keys hold this: the diff engine writes both sides in one transaction,
         // and checking it per inserted row cost more than the rest of a batch.
         "history_has_agents",
         "every agent in scan_agent_versions and scan_agent_last_seen is in scan_agents",
-        "SELECT v.agent_id AS subject FROM scan_agent_versions v
-         WHERE NOT EXISTS (SELECT 1 FROM scan_agents a WHERE a.agent_id = v.agent_id)
+        "SELECT v.agent_id AS subject FROM scan_agent_version_history v
+         WHERE NOT EXISTS (SELECT 1 FROM scan_agent_state a WHERE a.agent_id = v.agent_id)
          UNION
          SELECT s.agent_id FROM scan_agent_last_seen s
-         WHERE NOT EXISTS (SELECT 1 FROM scan_agents a WHERE a.agent_id = s.agent_id)",
+         WHERE NOT EXISTS (SELECT 1 FROM scan_agent_state a WHERE a.agent_id = s.agent_id)",
     ),
 ];
 
