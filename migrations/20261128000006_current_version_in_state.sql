@@ -20,10 +20,10 @@
 --   `scan_agents` view: building jsonb took 0.22 s of every 100k payloads written and
 --   stores a quarter more bytes, while readers of raw are few and read few rows.
 -- - With `raw` gone, the fetch stamp and the fingerprint return to the state row (migration
---   0003 moved them out of the wide row): the stamp statement then returns the stored
---   attributes of every agent whose fingerprint differs, so no second read is needed, and a
---   changed agent's new fingerprint is written with its new state instead of by one more
---   update of another table (0.25 s).
+--   0003 moved them out of the wide row): the engine then writes each state row once per
+--   cycle, the stamp and the new fingerprint with whatever else changed, instead of
+--   updating a changed agent's fetch row twice (stamp, then fingerprint) and its state row
+--   once: 0.25 s less per 100k changed agents, and fewer pages dirtied.
 -- - The indexes on last_seen and scanner_software_version of the state table go, so that
 --   stamping or rewriting a state row is a HOT update (no index entries): each cost an index
 --   entry per changed agent, and what they served (stale agents, agents per scanner

@@ -2,22 +2,20 @@
 //! transaction, with set-based statements (arrays through `UNNEST`), never one round trip
 //! per agent.
 //!
-//! Layout (migrations 20261128000003 and 20261128000006): an agent's current state,
-//! including its current version (`version_id`, `valid_from`), is a row of
-//! `scan_agent_state`; its last payload a row of `scan_agent_payloads`; its fetch stamp a
-//! short row of `scan_agent_fetches`; closed versions are rows of
-//! `scan_agent_version_history`, appended once when a version ends and never updated. The
-//! BI names `scan_agents` and `scan_agent_versions` are views over them.
+//! Layout (migration 20261128000006): an agent's current state, including its current
+//! version (`version_id`, `valid_from`), its fetch stamp and its fingerprint, is a row of
+//! `scan_agent_state`; its last payload a row of `scan_agent_payloads`; closed versions are
+//! rows of `scan_agent_version_history`, appended once when a version ends and never
+//! updated. The BI names `scan_agents` and `scan_agent_versions` are views over them.
 //!
-//! A sync cycle mostly re-fetches unchanged agents, and for those the engine writes nothing
-//! but the stamp (an in-place HOT update of the short row). Nor does it read their state:
-//! the stamp statement returns each agent's fingerprint (migration 20261128000005), a hash
-//! over everything the diff compares and the payload, and only agents whose fingerprint
-//! differs from the fetched one's are read and diffed in full. For those, the state row is
-//! rewritten only when the diff finds a change, and the payload only when its hash differs.
-//! A change of attributes appends the closing version to the history (copied from the state
-//! row it leaves) and gives the state row a new version: every write is an append or an
-//! in-place rewrite of a row that no changed column indexes.
+//! A sync cycle mostly re-fetches unchanged agents. Their state is not even read: the
+//! first statement compares each fetched agent's fingerprint (a hash over everything the
+//! diff compares and the payload) with the stored one, and returns the stored state only of
+//! agents whose fingerprints differ, which alone are diffed in full. Then every state row
+//! of the batch is written exactly once, the stamp with whatever else changed, in place
+//! (HOT: no index holds a column that changes, and the fillfactor leaves room on the page);
+//! a payload is rewritten only when its hash differs; a change of attributes first appends
+//! the closing version to the history, copied from the state row it leaves.
 //!
 //! Concurrency: the transaction first takes the [`APPLY_LOCK`] advisory lock and only then
 //! reads current state and picks its timestamp, so two appliers run strictly one after the
