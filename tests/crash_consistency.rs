@@ -130,7 +130,7 @@ fn run_check(fixture: &Fixture) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "check failed ({}):\n{stdout}\n{stderr}", output.status);
     let lines: Vec<&str> = stdout.lines().filter(|line| !line.starts_with("all ")).collect();
-    assert_eq!(lines.len(), 6, "five history invariants and one window:\n{stdout}");
+    assert_eq!(lines.len(), 4, "three history invariants and one window:\n{stdout}");
     assert!(lines.iter().all(|line| line.starts_with("ok ")), "{stdout}");
     stdout
 }
