@@ -27,7 +27,8 @@ use std::os::fd::{BorrowedFd, RawFd};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgConnection, Postgres, Transaction};
 
 use super::{APPLY_LOCK, QueryContext, Store, StoreError};
 use crate::agent::AgentRecord;
@@ -335,10 +336,18 @@ impl<'a> PayloadColumns<'a> {
         self.raw_sha256.push(raw_sha256);
     }
 
-    /// Binds agent_id, raw and raw_sha256: the parameters of both statements that write
-    /// payloads.
-    fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
-        query.bind(&self.agent_id).bind(&self.raw).bind(&self.raw_sha256)
+    /// `sql` with agent_id, raw and raw_sha256 bound as $1 to $3, in an argument buffer
+    /// sized for them up front: sqlx grows it by doubling, and for the 48 MB of a 100k-payload
+    /// batch the copies and fresh pages took 0.13 s of the 0.2 s spent binding (measured).
+    fn bind(&self, sql: &'static str) -> PgQuery<'_> {
+        // Each array element is prefixed with its 4-byte length; the array headers are small.
+        let bytes = self.agent_id.iter().map(|id| id.len() + 4).sum::<usize>()
+            + self.raw.iter().map(|raw| raw.len() + 4).sum::<usize>()
+            + self.raw_sha256.iter().map(|sha| sha.len() + 4).sum::<usize>()
+            + 3 * 64;
+        let mut arguments = PgArguments::default();
+        arguments.reserve(3, bytes);
+        sqlx::query_with(sql, arguments).bind(&self.agent_id).bind(&self.raw).bind(&self.raw_sha256)
     }
 }
 
@@ -525,12 +534,15 @@ async fn write(
     }
     if !other_payloads.agent_id.is_empty() {
         // `raw` is not read back: a payload whose hash is unchanged is left as it is.
-        let update = sqlx::query(
-            "UPDATE scan_agent_payloads p SET raw = u.raw::json, raw_sha256 = u.raw_sha256
-             FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(agent_id, raw, raw_sha256)
-             WHERE p.agent_id = u.agent_id AND p.raw_sha256 IS DISTINCT FROM u.raw_sha256",
-        );
-        other_payloads.bind(update).execute(&mut **tx).await.during("updating changed payloads")?;
+        other_payloads
+            .bind(
+                "UPDATE scan_agent_payloads p SET raw = u.raw::json, raw_sha256 = u.raw_sha256
+                 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(agent_id, raw, raw_sha256)
+                 WHERE p.agent_id = u.agent_id AND p.raw_sha256 IS DISTINCT FROM u.raw_sha256",
+            )
+            .execute(&mut **tx)
+            .await
+            .during("updating changed payloads")?;
     }
     if !seen_ids.is_empty() {
         // A lastSeen value held before (it went back and forth) is already recorded once.
@@ -582,12 +594,15 @@ async fn insert_agents(
                      $7::timestamptz[], $8::timestamptz[], $9::bytea[]) AS u",
     );
     rows.bind(insert).bind(at).execute(&mut **tx).await.during("inserting new agents")?;
-    let insert = sqlx::query(
-        "INSERT INTO scan_agent_payloads (agent_id, raw, raw_sha256)
-         SELECT u.agent_id, u.raw::json, u.raw_sha256
-         FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(agent_id, raw, raw_sha256)",
-    );
-    payloads.bind(insert).execute(&mut **tx).await.during("storing new payloads")?;
+    payloads
+        .bind(
+            "INSERT INTO scan_agent_payloads (agent_id, raw, raw_sha256)
+             SELECT u.agent_id, u.raw::json, u.raw_sha256
+             FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(agent_id, raw, raw_sha256)",
+        )
+        .execute(&mut **tx)
+        .await
+        .during("storing new payloads")?;
     Ok(())
 }
 
