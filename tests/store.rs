@@ -166,7 +166,7 @@ async fn payload_only_change_rewrites_raw_but_is_no_change() {
     assert_invariants(store.pool()).await;
 }
 
-/// The fingerprint each agent's fetch row holds (migration 20261128000005), or None.
+/// The fingerprint each agent's state row holds (migrations 20261128000005/6), or None.
 async fn fingerprint_of(pool: &PgPool, agent_id: &str) -> Option<Vec<u8>> {
     sqlx::query_scalar("SELECT fingerprint FROM scan_agent_state WHERE agent_id = $1")
         .bind(agent_id)

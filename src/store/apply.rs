@@ -142,7 +142,7 @@ fn socket_with_local_port(port: u16) -> Option<RawFd> {
     })
 }
 
-/// An agent's stored state as the read and the stamp return it.
+/// An agent's stored state as [`read_stored`] and [`inspect`] return it.
 #[derive(sqlx::FromRow)]
 struct StoredRow {
     /// 1-based position of the agent in the IDs sent.
