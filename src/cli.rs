@@ -94,6 +94,10 @@ pub struct SyncArgs {
     /// Fetch and print what would change, field by field; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Mark agents missing even when more than stale.mass_missing_guard of the fleet would
+    /// vanish at once: for a deliberate decommission.
+    #[arg(long)]
+    pub accept_mass_missing: bool,
 }
 
 /// Flags of `check-config`.
@@ -257,7 +261,12 @@ async fn sync(globals: &Globals, args: SyncArgs) -> Result<ExitCode, Failure> {
         .and_then(|next| (next - now).to_std().ok())
         .map(|left| tokio::time::Instant::now() + left);
     let cancel = tokio_util::sync::CancellationToken::new();
-    let options = CycleOptions { dry_run: args.dry_run, deadline, cancel: cancel.clone() };
+    let options = CycleOptions {
+        dry_run: args.dry_run,
+        deadline,
+        cancel: cancel.clone(),
+        accept_mass_missing: args.accept_mass_missing,
+    };
     let interrupt = tokio::spawn(async move {
         shutdown_signal().await;
         cancel.cancel();

@@ -33,6 +33,10 @@ use crate::rate_window::RateWindow;
 /// Prefix of the environment variables that override keys; `__` separates section and key.
 const ENV_PREFIX: &str = "SCAN_AGENT_SYNC__";
 
+/// The name of the one tenant of a configuration without `[[tenants]]` (PRODUCT.md,
+/// "Tenants"): it names that tenant's rows, metrics and alerts.
+pub const DEFAULT_TENANT: &str = "default";
+
 /// Consulted when `database.url` is unset, because every PostgreSQL tool (and sqlx) reads it.
 const DATABASE_URL_VAR: &str = "DATABASE_URL";
 
@@ -116,17 +120,20 @@ pub struct DatabaseSettings {
 }
 
 /// When an agent counts as stale.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StaleSettings {
     /// Stale when `now - last_seen` exceeds this.
     #[serde(with = "humantime_serde")]
     pub after: Duration,
+    /// When one cycle would newly mark more than this share of the known agents missing,
+    /// it marks none and raises one fleet alert instead (see `sync::guard`).
+    pub mass_missing_guard: f64,
 }
 
 impl Default for StaleSettings {
     fn default() -> Self {
-        Self { after: Duration::from_secs(24 * 60 * 60) }
+        Self { after: Duration::from_secs(24 * 60 * 60), mass_missing_guard: 0.5 }
     }
 }
 
@@ -537,6 +544,13 @@ impl Finish for StaleSettings {
                 "stale.after",
                 "is zero, so every agent would be stale",
                 "set a duration such as \"24h\"",
+            ));
+        }
+        if !(self.mass_missing_guard > 0.0 && self.mass_missing_guard <= 1.0) {
+            problems.push(ConfigProblem::new(
+                "stale.mass_missing_guard",
+                format!("is {}, not a share between 0 (exclusive) and 1", self.mass_missing_guard),
+                "set a share such as 0.5 (1 turns the guard off)",
             ));
         }
         self

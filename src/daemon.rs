@@ -28,9 +28,13 @@ use crate::scheduler::{Busy, Schedule};
 use crate::store::{Store, StoreError};
 use crate::sync::{CycleOptions, CycleReport, SyncError, Syncer, Targets};
 
-/// How long a stopping daemon waits for the running cycle to apply what it fetched; the
-/// unit's `TimeoutStopSec` (45 s) leaves room for the rest of the shutdown.
+/// The longest a stop takes, from SIGTERM to exit, whatever runs: a cycle, a staleness
+/// evaluation, an alert drain, a slow PostgreSQL. Within the unit's `TimeoutStopSec` (45 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Of [`SHUTDOWN_GRACE`], what is kept for closing leadership, the alert sender and the HTTP
+/// server after the running cycle had its chance to apply what it fetched.
+const CLOSING_TIME: Duration = Duration::from_secs(5);
 
 /// How often queued alerts are looked for; an alert waits at most this long to leave.
 const ALERT_POLL: Duration = Duration::from_secs(2);
@@ -103,20 +107,29 @@ pub async fn run(
         newly_leading: true,
         cycle_cancel: None,
         call_watermark,
+        tick_waiting: false,
     };
     daemon.targets =
         Targets { ids: daemon.settings.agents.ids.clone(), track_all: daemon.settings.agents.track_all };
     daemon.run_loop(ticks).await?;
 
     notify::stopping();
+    let stop_by = Instant::now() + SHUTDOWN_GRACE;
     schedule.stop().await;
-    daemon.finish_cycle().await;
-    leadership.shutdown().await;
-    let _ = sender.await;
-    if let Some(http) = http {
-        let _ = http.await;
+    daemon.finish_cycle(stop_by - CLOSING_TIME).await;
+    let close = async {
+        leadership.shutdown().await;
+        let _ = sender.await;
+        if let Some(http) = http {
+            let _ = http.await;
+        }
+    };
+    match tokio::time::timeout_at(stop_by, close).await {
+        Ok(()) => tracing::info!("stopped"),
+        Err(_) => {
+            tracing::error!(grace = ?SHUTDOWN_GRACE, "stopping took too long; exiting without waiting further")
+        }
     }
-    tracing::info!("stopped");
     Ok(())
 }
 
@@ -173,6 +186,9 @@ struct Daemon {
     cycle_cancel: Option<CancellationToken>,
     /// The newest ledger row already counted in the request metrics.
     call_watermark: i64,
+    /// A tick came while the running cycle, past its deadline, only applied what it fetched:
+    /// the next cycle starts as soon as it ends.
+    tick_waiting: bool,
 }
 
 impl Daemon {
@@ -217,7 +233,13 @@ impl Daemon {
     /// Starts a cycle in the background if this instance leads and none is running.
     fn maybe_start_cycle(&mut self) {
         if self.cycle.is_some() {
-            self.metrics.record_skipped_tick();
+            // The scheduler lets a tick through only once the running cycle is past its
+            // deadline (see `Busy`); one that still starts requests skips it.
+            if self.busy.is_busy() {
+                self.metrics.record_skipped_tick();
+            } else {
+                self.tick_waiting = true;
+            }
             return;
         }
         if *self.leader.borrow() != LeaderState::Leader {
@@ -228,8 +250,8 @@ impl Daemon {
         let deadline = self.next_tick_deadline();
         let cancel = self.cancel.child_token();
         self.cycle_cancel = Some(cancel.clone());
-        let options = CycleOptions { dry_run: false, deadline, cancel };
-        let (syncer, targets, guard) = (self.syncer.clone(), self.targets.clone(), self.busy.enter());
+        let options = CycleOptions { deadline, cancel, ..CycleOptions::default() };
+        let (syncer, targets, guard) = (self.syncer.clone(), self.targets.clone(), self.busy.enter(deadline));
         self.cycle = Some(tokio::spawn(async move {
             let _busy = guard;
             if first {
@@ -271,6 +293,9 @@ impl Daemon {
         self.refresh_budget_metrics().await;
         self.count_api_calls().await;
         self.evaluate_staleness().await;
+        if std::mem::take(&mut self.tick_waiting) && !self.cancel.is_cancelled() {
+            self.maybe_start_cycle();
+        }
     }
 
     /// Opens, repeats and resolves stale episodes (the active instance only, so a standby
@@ -279,6 +304,15 @@ impl Daemon {
         if *self.leader.borrow() != LeaderState::Leader {
             return;
         }
+        // A stop does not wait for an evaluation: its transaction rolls back, and the next
+        // start evaluates again.
+        tokio::select! {
+            () = self.record_staleness() => {}
+            () = self.cancel.cancelled() => tracing::info!("staleness evaluation abandoned for the stop"),
+        }
+    }
+
+    async fn record_staleness(&self) {
         let store = &self.syncer.store;
         match alerts::evaluate(store, &self.settings.stale, &self.settings.alerts, chrono::Utc::now()).await {
             Ok(seen) => self.metrics.set_agent_counts(seen.tracked, seen.stale_now, seen.missing_now),
@@ -340,14 +374,16 @@ impl Daemon {
     }
 
     /// At shutdown: lets the running cycle apply what it fetched (it was cancelled with the
-    /// daemon and records itself `interrupted`), for at most [`SHUTDOWN_GRACE`].
-    async fn finish_cycle(&mut self) {
+    /// daemon and records itself `interrupted`), until `until`.
+    async fn finish_cycle(&mut self, until: Instant) {
         let Some(cycle) = self.cycle.take() else { return };
-        match tokio::time::timeout(SHUTDOWN_GRACE, cycle).await {
-            Ok(done) => self.cycle_finished(done).await,
+        match tokio::time::timeout_at(until, cycle).await {
+            Ok(Ok(Ok(report))) => tracing::info!("{}", report.to_string().trim_end()),
+            Ok(Ok(Err(error))) => tracing::error!(%error, "the last sync cycle could not complete"),
+            Ok(Err(panic)) => tracing::error!(%panic, "sync cycle task failed"),
             Err(_) => tracing::error!(
-                grace = ?SHUTDOWN_GRACE,
-                "the running cycle did not finish in time; its transaction rolls back and its run stays 'running'"
+                "the running cycle did not finish in time; its open transaction rolls back and the next \
+                 start marks its run interrupted"
             ),
         }
     }

@@ -59,9 +59,9 @@ pub async fn run() -> anyhow::Result<()> {
             "cycle {cycle}/{CYCLES}: {}: {} fetched, {} new, {} changed, {} newly missing, {} API calls",
             report.status,
             report.fetched,
-            report.diff.new_count(),
-            report.diff.changed_count(),
-            report.diff.went_missing.len(),
+            report.changes.new,
+            report.changes.changed,
+            report.changes.went_missing,
             report.api_calls
         );
         if cycle < CYCLES {

@@ -63,6 +63,35 @@ pub struct Diff {
     pub never_seen: Vec<AgentId>,
 }
 
+/// What a cycle changed, counted: a cycle applies batch after batch and keeps only this, so
+/// its memory does not grow with the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tally {
+    /// Agents seen for the first time.
+    pub new: usize,
+    /// Stored agents with at least one changed field (including returning from missing).
+    pub changed: usize,
+    /// Fetched agents identical to what is stored.
+    pub unchanged: usize,
+    /// Stored agents newly marked missing.
+    pub went_missing: usize,
+    /// Confirmed absent and already marked missing.
+    pub still_missing: usize,
+    /// Confirmed absent but never stored.
+    pub never_seen: usize,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
+        self.new += other.new;
+        self.changed += other.changed;
+        self.unchanged += other.unchanged;
+        self.went_missing += other.went_missing;
+        self.still_missing += other.still_missing;
+        self.never_seen += other.never_seen;
+    }
+}
+
 impl Diff {
     /// Compares a batch with the stored rows. `fetched` must hold each ID once (see
     /// [`dedup_batch`]); an ID both fetched and confirmed missing counts as fetched.
@@ -137,6 +166,27 @@ impl Diff {
         self.agents.iter().filter(|a| a.status == status).count()
     }
 
+    /// The counts of this diff.
+    pub fn tally(&self) -> Tally {
+        Tally {
+            new: self.new_count(),
+            changed: self.changed_count(),
+            unchanged: self.unchanged_count(),
+            went_missing: self.went_missing.len(),
+            still_missing: self.still_missing,
+            never_seen: self.never_seen.len(),
+        }
+    }
+
+    /// Appends `other` (a later batch of the same cycle), keeping only what the dry-run report
+    /// prints: unchanged agents are counted by [`Tally`], not kept.
+    pub fn absorb(&mut self, other: Diff) {
+        self.agents.extend(other.agents.into_iter().filter(|agent| agent.status != Status::Unchanged));
+        self.went_missing.extend(other.went_missing);
+        self.still_missing += other.still_missing;
+        self.never_seen.extend(other.never_seen);
+    }
+
     /// True when applying this diff would write no history and mark nothing.
     pub fn is_empty(&self) -> bool {
         self.went_missing.is_empty() && self.agents.iter().all(|a| a.status == Status::Unchanged)
@@ -206,11 +256,20 @@ fn timestamp_change(
     FieldChange { field, old: old.map(text), new: new.map(text) }
 }
 
-/// The field-by-field report `sync --dry-run` prints.
-impl fmt::Display for Diff {
+/// The field-by-field lines of a diff, without the counts.
+pub struct Changes<'a>(&'a Diff);
+
+impl Diff {
+    /// The lines `sync --dry-run` prints for each new, changed and missing agent.
+    pub fn changes(&self) -> Changes<'_> {
+        Changes(self)
+    }
+}
+
+impl fmt::Display for Changes<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "null".to_owned());
-        for agent in &self.agents {
+        for agent in &self.0.agents {
             match agent.status {
                 Status::Unchanged => {}
                 Status::New => writeln!(f, "new       {}", agent.id)?,
@@ -229,21 +288,31 @@ impl fmt::Display for Diff {
                 }
             }
         }
-        for id in &self.went_missing {
+        for id in &self.0.went_missing {
             writeln!(f, "missing   {id}")?;
         }
-        for id in &self.never_seen {
+        for id in &self.0.never_seen {
             writeln!(f, "not found {id} (never stored; nothing to mark)")?;
         }
-        writeln!(
+        Ok(())
+    }
+}
+
+impl fmt::Display for Tally {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
             f,
             "{} new, {} changed, {} unchanged, {} newly missing, {} still missing",
-            self.new_count(),
-            self.changed_count(),
-            self.unchanged_count(),
-            self.went_missing.len(),
-            self.still_missing
+            self.new, self.changed, self.unchanged, self.went_missing, self.still_missing
         )
+    }
+}
+
+/// The field-by-field report: every change, then the counts.
+impl fmt::Display for Diff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.changes())?;
+        writeln!(f, "{}", self.tally())
     }
 }
 

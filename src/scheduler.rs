@@ -4,10 +4,10 @@
 //! tokio-cron-scheduler starts each activation without waiting for the previous one, so the
 //! job itself only signals; the daemon runs one cycle at a time and marks itself busy.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 /// The running schedule; dropping it does not stop it, [`Schedule::stop`] does.
@@ -15,28 +15,41 @@ pub struct Schedule {
     scheduler: JobScheduler,
 }
 
-/// Set by the daemon while a cycle runs; a tick that finds it set is skipped.
+/// Set by the daemon while a cycle runs; a tick that finds it set is skipped. A cycle past
+/// its deadline starts no request, it only applies what it fetched: a tick then is not
+/// skipped but waits for it (the daemon starts the next cycle as soon as it ends), or every
+/// cycle that runs to its deadline would cost the next one.
 #[derive(Debug, Clone, Default)]
-pub struct Busy(Arc<AtomicBool>);
+pub struct Busy(Arc<Mutex<Option<Option<Instant>>>>);
 
 impl Busy {
-    /// Marks a cycle as running until the returned guard drops (also on panic or cancel).
-    pub fn enter(&self) -> BusyGuard {
-        self.0.store(true, Ordering::SeqCst);
-        BusyGuard(self.0.clone())
+    /// Marks a cycle with `deadline` as running until the returned guard drops (also on
+    /// panic or cancel).
+    pub fn enter(&self, deadline: Option<Instant>) -> BusyGuard {
+        *self.lock() = Some(deadline);
+        BusyGuard(self.clone())
     }
 
-    fn is_busy(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+    /// A cycle runs and may still start requests.
+    pub fn is_busy(&self) -> bool {
+        match *self.lock() {
+            Some(Some(deadline)) => Instant::now() < deadline,
+            Some(None) => true,
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Option<Instant>>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 /// Clears [`Busy`] when dropped.
-pub struct BusyGuard(Arc<AtomicBool>);
+pub struct BusyGuard(Busy);
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+        *self.0.lock() = None;
     }
 }
 
@@ -77,7 +90,7 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
 
     #[tokio::test]
@@ -92,7 +105,7 @@ mod tests {
         .unwrap();
         tokio::time::timeout(Duration::from_secs(3), ticks.recv()).await.expect("a tick within 3 s");
         {
-            let _cycle = busy.enter();
+            let _cycle = busy.enter(None);
             tokio::time::sleep(Duration::from_millis(3500)).await;
         }
         assert!(ticks.try_recv().is_err(), "no tick may queue up behind a running cycle");
@@ -101,5 +114,14 @@ mod tests {
             .await
             .expect("ticks resume after the cycle");
         schedule.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_cycle_past_its_deadline_lets_the_tick_through() {
+        let busy = Busy::default();
+        let _cycle = busy.enter(Some(Instant::now() + Duration::from_millis(50)));
+        assert!(busy.is_busy());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(!busy.is_busy(), "only applying: the tick waits for it rather than being skipped");
     }
 }

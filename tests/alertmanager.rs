@@ -90,7 +90,7 @@ impl Alertmanager {
 async fn alertmanager_lists_the_firing_alert_then_takes_the_resolve() {
     let alertmanager = Alertmanager::start().await;
     let store = support::fresh_store().await;
-    let stale = StaleSettings { after: Duration::from_secs(3600) };
+    let stale = StaleSettings { after: Duration::from_secs(3600), ..StaleSettings::default() };
     let alerts = AlertSettings {
         webhook_url: Some(format!("{}/api/v2/alerts", alertmanager.base_url)),
         format: AlertFormat::Alertmanager,

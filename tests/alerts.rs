@@ -28,7 +28,7 @@ fn at(seconds: i64) -> DateTime<Utc> {
 }
 
 fn stale() -> StaleSettings {
-    StaleSettings { after: STALE_AFTER }
+    StaleSettings { after: STALE_AFTER, ..StaleSettings::default() }
 }
 
 fn settings(webhook: Option<String>, format: AlertFormat, repeat_secs: u64) -> AlertSettings {

@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use scan_agent_sync::agent::{AgentRecord, RecordError};
 use scan_agent_sync::agent_id::AgentId;
 use scan_agent_sync::budget::{Budget, BudgetError};
 use scan_agent_sync::config::{DefenderSettings, Settings};
@@ -340,10 +341,36 @@ async fn the_deadline_stops_requests_the_budget_cannot_cover() {
     assert_eq!(client.counters().requests, 2);
 }
 
+/// Everything a listing returned, gathered page by page as a cycle takes it.
+#[derive(Default)]
+struct Listed {
+    records: Vec<AgentRecord>,
+    bad_records: Vec<RecordError>,
+    pages: u32,
+    complete: bool,
+    error: Option<ApiError>,
+}
+
+async fn list_all(client: &DefenderClient) -> Listed {
+    let mut listing = client.list(None);
+    let mut listed = Listed::default();
+    while let Some(page) = listing.next_page().await {
+        match page {
+            Ok(page) => {
+                listed.records.extend(page.records);
+                listed.bad_records.extend(page.bad_records);
+            }
+            Err(error) => listed.error = Some(error),
+        }
+    }
+    (listed.pages, listed.complete) = (listing.pages(), listing.complete());
+    listed
+}
+
 #[tokio::test]
 async fn paging_gets_every_agent_once() {
     let (sim, client) = sim_client(SimulatorOptions { agents: 7, page_size: 3, ..sim_options() }).await;
-    let outcome = client.list_agents(None).await;
+    let outcome = list_all(&client).await;
     assert!(outcome.complete && outcome.error.is_none(), "{:?}", outcome.error);
     assert_eq!(outcome.pages, 3);
     let mut got: Vec<String> = outcome.records.iter().map(|r| r.id.to_string()).collect();
@@ -368,7 +395,7 @@ async fn a_flaky_service_still_yields_every_agent() {
     let mut settings = settings(&sim.base_url(), &sim.token_url());
     settings.max_retries = 6;
     let client = client(&settings, SIM_SECRET, roomy_budget().await);
-    let outcome = client.list_agents(None).await;
+    let outcome = list_all(&client).await;
     assert!(outcome.complete, "{:?}", outcome.error);
     assert_eq!(outcome.records.len(), 12);
     for agent_id in sim.agent_ids() {
@@ -387,7 +414,7 @@ async fn unusable_records_are_set_aside_and_the_rest_kept() {
         "value": [agent("good-1"), {"id": "no-last-seen"}, 5, agent("good-2")]
     });
     answer(&server, AGENTS, ResponseTemplate::new(200).set_body_json(page), None).await;
-    let outcome = mock_client(&server).await.list_agents(None).await;
+    let outcome = list_all(&mock_client(&server).await).await;
     assert!(outcome.complete, "{:?}", outcome.error);
     let ids: Vec<&str> = outcome.records.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["good-1", "good-2"]);
@@ -401,7 +428,7 @@ async fn a_listing_that_fails_midway_keeps_what_it_got() {
     let first = json!({"value": [agent("a1")], "@odata.nextLink": format!("{}/page-2", server.uri())});
     answer(&server, AGENTS, ResponseTemplate::new(200).set_body_json(first), None).await;
     answer(&server, "/page-2", api_error(403, "Forbidden", "no"), None).await;
-    let outcome = mock_client(&server).await.list_agents(None).await;
+    let outcome = list_all(&mock_client(&server).await).await;
     assert!(!outcome.complete);
     assert_eq!((outcome.pages, outcome.records.len()), (1, 1));
     assert!(matches!(outcome.error, Some(ApiError::Forbidden { .. })), "{:?}", outcome.error);
@@ -412,7 +439,7 @@ async fn next_links_that_loop_or_leave_the_api_stop_the_listing() {
     let server = mock_server().await;
     let looping = json!({"value": [agent("a1")], "@odata.nextLink": format!("{}{AGENTS}", server.uri())});
     answer(&server, AGENTS, ResponseTemplate::new(200).set_body_json(looping), None).await;
-    let outcome = mock_client(&server).await.list_agents(None).await;
+    let outcome = list_all(&mock_client(&server).await).await;
     assert!(!outcome.complete && outcome.records.len() == 1);
     assert!(outcome.error.unwrap().to_string().contains("already fetched"));
     assert_eq!(received(&server).await.0, 1);
@@ -420,7 +447,7 @@ async fn next_links_that_loop_or_leave_the_api_stop_the_listing() {
     let server = mock_server().await;
     let leaving = json!({"value": [], "@odata.nextLink": "http://collector.example/steal"});
     answer(&server, AGENTS, ResponseTemplate::new(200).set_body_json(leaving), None).await;
-    let outcome = mock_client(&server).await.list_agents(None).await;
+    let outcome = list_all(&mock_client(&server).await).await;
     assert!(!outcome.complete);
     assert!(outcome.error.unwrap().to_string().contains("leaves the Defender API"));
 }
@@ -438,7 +465,7 @@ async fn both_casings_and_both_envelopes_give_the_same_agent() {
         let sim =
             simulator::start(SimulatorOptions { field_case, by_id_envelope, ..sim_options() }).await.unwrap();
         let client = client(&settings(&sim.base_url(), &sim.token_url()), SIM_SECRET, budget.clone());
-        let listed = client.list_agents(None).await;
+        let listed = list_all(&client).await;
         assert!(listed.complete && listed.bad_records.is_empty(), "{field_case:?}: {:?}", listed.bad_records);
         for record in &listed.records {
             let by_id = client.get_agent(&record.id, None).await.unwrap().expect("listed agents exist");

@@ -50,7 +50,7 @@ async fn by_id_cycle_fetches_every_agent_and_records_the_run() {
         (RunStatus::Ok, FetchMode::ById, 0),
         "{report}"
     );
-    assert_eq!((report.fetched, report.diff.new_count(), report.api_calls), (12, 12, 12));
+    assert_eq!((report.fetched, report.changes.new, report.api_calls), (12, 12, 12));
     let run: (String, i32, i32, i32, i32) = sqlx::query_as(
         "SELECT status, agents_requested, agents_fetched, agents_new, api_calls FROM sync_runs",
     )
@@ -65,7 +65,7 @@ async fn by_id_cycle_fetches_every_agent_and_records_the_run() {
     assert!(sim.upgrade(&all[0], "9.9.9"));
     assert!(sim.delete(&all[1]));
     let report = syncer.run_cycle(&targets, &CycleOptions::default()).await.unwrap();
-    assert_eq!((report.diff.changed_count(), report.missing, report.diff.went_missing.len()), (1, 1, 1));
+    assert_eq!((report.changes.changed, report.missing, report.changes.went_missing), (1, 1, 1));
     assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agent_versions").await, 13);
     assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents WHERE missing_since IS NOT NULL").await, 1);
     assert!(sim.stats().throttled == 0);
@@ -110,7 +110,7 @@ async fn list_mode_keeps_configured_agents_and_marks_absent_ones_missing() {
     assert_eq!(report.mode, FetchMode::List, "16 IDs cost 16 by-id calls but about one list");
     assert_eq!(report.api_calls, 3, "25 agents in pages of 10");
     assert_eq!((report.fetched, report.missing), (15, 1));
-    assert_eq!(report.diff.never_seen.len(), 1);
+    assert_eq!(report.changes.never_seen, 1);
     assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents").await, 15);
 
     // Now a list that fails part-way marks nothing missing, and stored data stays.
@@ -138,7 +138,7 @@ async fn track_all_follows_every_agent_the_list_returns() {
     assert_eq!((report.mode, report.fetched), (FetchMode::List, 14));
     assert!(sim.delete(&sim.agent_ids()[3]));
     let report = syncer.run_cycle(&targets, &CycleOptions::default()).await.unwrap();
-    assert_eq!(report.diff.went_missing.len(), 1);
+    assert_eq!(report.changes.went_missing, 1);
 }
 
 #[tokio::test]
@@ -157,7 +157,7 @@ async fn a_budget_short_of_the_list_defers_the_rest_and_rotates_least_recently_f
         .await
         .unwrap();
     let second = syncer.run_cycle(&targets, &options()).await.unwrap();
-    assert_eq!(second.diff.new_count(), 3, "the deferred agents are fetched before the others");
+    assert_eq!(second.changes.new, 3, "the deferred agents are fetched before the others");
     assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents").await, 8);
 }
 
@@ -169,7 +169,7 @@ async fn dry_run_prints_the_diff_and_writes_only_the_ledger() {
     let targets = Targets { ids: ids(&sim), track_all: false };
     let options = CycleOptions { dry_run: true, ..Default::default() };
     let report = syncer.run_cycle(&targets, &options).await.unwrap();
-    assert_eq!((report.run_id, report.diff.new_count()), (None, 5));
+    assert_eq!((report.run_id, report.changes.new), (None, 5));
     let printed = report.to_string();
     assert!(printed.contains("new       ") && printed.contains("dry run: nothing was written"), "{printed}");
     assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents").await, 0);
@@ -181,7 +181,7 @@ async fn dry_run_prints_the_diff_and_writes_only_the_ledger() {
     let report = syncer.run_cycle(&targets, &options).await.unwrap();
     let printed = report.to_string();
     assert!(printed.contains("scanner_software_version: ") && printed.contains(" -> 8.0.0"), "{printed}");
-    assert_eq!(report.diff.changed_count(), 1);
+    assert_eq!(report.changes.changed, 1);
 }
 
 #[tokio::test]

@@ -73,7 +73,14 @@ impl Settings {
                 ("max_connections", Some(self.database.max_connections.to_string())),
             ],
         );
-        write_section(&mut out, "stale", &[("after", Some(toml_duration(self.stale.after)))]);
+        write_section(
+            &mut out,
+            "stale",
+            &[
+                ("after", Some(toml_duration(self.stale.after))),
+                ("mass_missing_guard", Some(self.stale.mass_missing_guard.to_string())),
+            ],
+        );
         write_section(
             &mut out,
             "alerts",

@@ -20,9 +20,9 @@
 mod auth;
 mod envelope;
 mod error;
+mod listing;
 mod retry;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -33,12 +33,13 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::agent::{AgentRecord, RecordError};
+use crate::agent::AgentRecord;
 use crate::agent_id::AgentId;
 use crate::budget::{Budget, BudgetError};
 use crate::config::DefenderSettings;
 
 pub use error::{ApiError, ErrorDetail, TokenFailure};
+pub use listing::{ListPage, Listing};
 
 use auth::{TokenCache, TokenSource};
 use envelope::{parse_json, read_capped};
@@ -62,10 +63,6 @@ pub(crate) const LIST_ENDPOINT: &str =
 
 /// Error bodies only carry a code and a message; a larger one is a gateway page, not read.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
-
-/// Most pages one listing follows. The hourly budget is 1,500 calls, so a listing that needs
-/// more than this is not going to finish anyway; a server that keeps linking on is broken.
-const MAX_PAGES: u32 = 1000;
 
 /// Characters left as they are in an agent ID's path segment: RFC 3986's unreserved ones.
 /// Everything else, `/`, `?`, `#`, `%`, space and non-ASCII included, is percent-encoded.
@@ -121,22 +118,6 @@ pub struct CallCounters {
 struct AtomicCounters {
     requests: AtomicU64,
     throttled: AtomicU64,
-}
-
-/// What a listing got: every usable record of the pages fetched, even when it stopped early.
-#[derive(Debug, Default)]
-pub struct ListOutcome {
-    /// Usable agents, each ID once (a later page wins, as the fresher answer).
-    pub records: Vec<AgentRecord>,
-    /// Records that could not be parsed. Most name their agent (`MissingField`, `BadField`):
-    /// such an agent was listed, so it must not be marked missing for want of a usable record.
-    pub bad_records: Vec<RecordError>,
-    /// Pages fetched successfully.
-    pub pages: u32,
-    /// True when the last page was reached: only then may absent agents be marked missing.
-    pub complete: bool,
-    /// Why the listing stopped early.
-    pub error: Option<ApiError>,
 }
 
 /// The client; clones share the HTTP connection pool, the token cache and the counters.
@@ -218,66 +199,6 @@ impl DefenderClient {
             });
         }
         Ok(Some(record))
-    }
-
-    /// Every page of the list endpoint, following `@odata.nextLink` until there is none.
-    /// Never fails as a whole: a listing that stops early returns what it got, incomplete.
-    #[tracing::instrument(skip_all)]
-    pub async fn list_agents(&self, deadline: Option<Instant>) -> ListOutcome {
-        let mut outcome = ListOutcome::default();
-        let mut by_id: HashMap<AgentId, usize> = HashMap::new();
-        let mut visited = HashSet::new();
-        let mut next = Some(format!("{}{AGENTS_PATH}", self.inner.api_base_url));
-        while let Some(url) = next.take() {
-            let page = self.list_page(&url, outcome.pages, &mut visited, deadline).await;
-            let page = match page {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::warn!(error = %error, pages = outcome.pages, target = error.target(), "listing stopped early");
-                    outcome.error = Some(error);
-                    return outcome;
-                }
-            };
-            outcome.pages += 1;
-            for raw in page.items {
-                let shown_id = raw.get("id").and_then(Value::as_str).map(str::to_owned);
-                match AgentRecord::from_json(raw) {
-                    Ok(record) => match by_id.get(&record.id) {
-                        Some(&index) => outcome.records[index] = record,
-                        None => {
-                            by_id.insert(record.id.clone(), outcome.records.len());
-                            outcome.records.push(record);
-                        }
-                    },
-                    Err(error) => {
-                        tracing::warn!(agent_id = shown_id, error = %error, "unusable agent record skipped");
-                        outcome.bad_records.push(error);
-                    }
-                }
-            }
-            next = page.next_link;
-        }
-        outcome.complete = true;
-        outcome
-    }
-
-    /// Fetches one page, refusing links that loop, run past [`MAX_PAGES`] or leave the API.
-    async fn list_page(
-        &self,
-        url: &str,
-        pages_so_far: u32,
-        visited: &mut HashSet<String>,
-        deadline: Option<Instant>,
-    ) -> Result<envelope::Page, ApiError> {
-        let refuse = |what: String| ApiError::Malformed { what, transient: false };
-        if pages_so_far >= MAX_PAGES {
-            return Err(refuse(format!("the list still links on after {MAX_PAGES} pages")));
-        }
-        if !visited.insert(url.to_owned()) {
-            return Err(refuse(format!("the list links back to a page already fetched ({url})")));
-        }
-        self.check_next_link(url)?;
-        envelope::page(self.get_json(Endpoint::List, url, deadline).await?)
     }
 
     /// A `nextLink` carries our access token wherever it points, so it must stay on the

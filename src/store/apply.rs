@@ -42,6 +42,8 @@ pub struct Applied {
     pub diff: Diff,
     /// The database time the batch was applied at: `valid_from`, `observed_at`, `last_fetched_at`.
     pub applied_at: DateTime<Utc>,
+    /// Agents of the batch fetched already since the listing began ([`Store::apply_page`]).
+    pub refetched: usize,
 }
 
 impl Store {
@@ -59,6 +61,27 @@ impl Store {
     /// `lastSeen` values, missing marks, and the `last_fetched_at` stamp, all or nothing.
     #[tracing::instrument(skip_all, fields(fetched = fetched.len(), missing = missing.len()))]
     pub async fn apply(&self, fetched: Vec<AgentRecord>, missing: &[AgentId]) -> Result<Applied, StoreError> {
+        self.apply_batch(fetched, missing, None).await
+    }
+
+    /// Applies one page of a listing that started at `listed_since` (database clock), and
+    /// counts the page's agents that an earlier page of the same listing returned already:
+    /// a list that repeats agents is paging inconsistently and may have skipped others.
+    #[tracing::instrument(skip_all, fields(fetched = fetched.len()))]
+    pub async fn apply_page(
+        &self,
+        fetched: Vec<AgentRecord>,
+        listed_since: DateTime<Utc>,
+    ) -> Result<Applied, StoreError> {
+        self.apply_batch(fetched, &[], Some(listed_since)).await
+    }
+
+    async fn apply_batch(
+        &self,
+        fetched: Vec<AgentRecord>,
+        missing: &[AgentId],
+        listed_since: Option<DateTime<Utc>>,
+    ) -> Result<Applied, StoreError> {
         let fetched = dedup_batch(fetched);
         // Serializing and hashing 100k payloads, and freeing their parsed form, takes a
         // few tenths of a second; on a blocking thread it overlaps opening the transaction.
@@ -90,12 +113,13 @@ impl Store {
             .await
             .during("reading the database clock")?;
         let (fetched, payloads) = hashing.await.expect("hashing payloads cannot panic");
-        let (known, mut stored) = inspect(&mut tx, &fetched, &payloads.fingerprint).await?;
+        let inspected = inspect(&mut tx, &fetched, &payloads.fingerprint, listed_since).await?;
+        let (known, mut stored) = (inspected.known, inspected.stored);
         stored.extend(read_stored(&mut tx, &missing.iter().collect::<Vec<_>>()).await?);
         let diff = Diff::compute_known(&stored, &fetched, &known, missing);
         write(&mut tx, &fetched, payloads, &known, &diff, applied_at).await?;
         tx.commit().await.during("committing the batch")?;
-        Ok(Applied { diff, applied_at })
+        Ok(Applied { diff, applied_at, refetched: inspected.refetched })
     }
 }
 
@@ -156,6 +180,9 @@ struct StoredRow {
     last_seen: Option<DateTime<Utc>>,
     last_command_execution_at: Option<DateTime<Utc>>,
     missing_since: Option<DateTime<Utc>>,
+    /// Only in [`inspect`]'s rows: fetched already since the listing began.
+    #[sqlx(default)]
+    again: Option<bool>,
 }
 
 impl StoredRow {
@@ -208,15 +235,25 @@ async fn read_stored(
         .collect())
 }
 
-/// Compares each fetched agent's fingerprint with the stored one: returns whether they are
-/// equal (`known`, parallel to the batch) and the stored state of every stored agent whose
-/// fingerprint differs. An agent in neither is not stored. Known agents' state is not sent
-/// back: at 100k unchanged agents that would be most of the statement's time.
+/// What [`inspect`] found.
+struct Inspected {
+    /// Parallel to the batch: the stored fingerprint equals the fetched one.
+    known: Vec<bool>,
+    /// The stored state of every stored agent whose fingerprint differs. An agent in
+    /// neither is not stored.
+    stored: HashMap<AgentId, StoredAgent>,
+    /// Agents stamped at or after `listed_since`.
+    refetched: usize,
+}
+
+/// Compares each fetched agent's fingerprint with the stored one. Known agents' state is not
+/// sent back: at 100k unchanged agents that would be most of the statement's time.
 async fn inspect(
     conn: &mut PgConnection,
     fetched: &[AgentRecord],
     fingerprints: &[Vec<u8>],
-) -> Result<(Vec<bool>, HashMap<AgentId, StoredAgent>), StoreError> {
+    listed_since: Option<DateTime<Utc>>,
+) -> Result<Inspected, StoreError> {
     let ids: Vec<&str> = fetched.iter().map(|r| r.id.as_str()).collect();
     let rows: Vec<StoredRow> = sqlx::query_as(
         "SELECT u.position,
@@ -233,17 +270,20 @@ async fn inspect(
              CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.last_command_execution_at END
                  AS last_command_execution_at,
              CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.missing_since END
-                 AS missing_since
+                 AS missing_since,
+             s.last_fetched_at >= $3 AS again
          FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS u(agent_id, fingerprint, position)
          JOIN scan_agent_state s ON s.agent_id = u.agent_id",
     )
     .bind(&ids)
     .bind(fingerprints)
+    .bind(listed_since)
     .fetch_all(&mut *conn)
     .await
     .during("reading the stored agents' fingerprints")?;
     let mut known = vec![false; fetched.len()];
     let mut stored = HashMap::with_capacity(rows.len());
+    let refetched = rows.iter().filter(|row| row.again == Some(true)).count();
     for row in rows {
         match row.into_agent() {
             (index, None) => known[index] = true,
@@ -252,7 +292,7 @@ async fn inspect(
             }
         }
     }
-    Ok((known, stored))
+    Ok(Inspected { known, stored, refetched })
 }
 
 /// The versioned attributes of a set of agents as column arrays, borrowed from the batch.

@@ -1,0 +1,311 @@
+//! One sync cycle: choose the agents and the fetch mode, fetch within the budget, apply what
+//! arrives batch by batch through the diff engine, decide the missing agents once the cycle
+//! has seen everything, and record the run. The daemon only schedules this; the `sync`
+//! command calls it once.
+//!
+//! A cycle streams: each list page, and each chunk of by-ID answers, is applied in its own
+//! transaction as it arrives, so the process holds one page whatever the fleet's size, and
+//! agents show up in the tables seconds after their fetch. What the cycle keeps is counts.
+//! A crash between two batches leaves every applied batch applied and the rest for the next
+//! cycle; missing agents are marked only at the end, after a complete list.
+
+mod by_id;
+pub mod guard;
+mod list;
+mod report;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::AgentRecord;
+use crate::agent_id::AgentId;
+use crate::budget::Budget;
+use crate::config::{DEFAULT_TENANT, FetchMode, Settings};
+use crate::defender::DefenderClient;
+use crate::diff::{Diff, Tally};
+use crate::store::runs::RunStatus;
+use crate::store::{Store, StoreError};
+
+use self::guard::Guard;
+use self::report::KEPT_FAILURES;
+pub use self::report::{CycleReport, Failure};
+
+/// What a cycle needs, built once per process.
+#[derive(Debug, Clone)]
+pub struct Syncer {
+    pub store: Store,
+    pub client: DefenderClient,
+    pub mode: FetchMode,
+    pub max_in_flight: usize,
+    /// `stale.mass_missing_guard`.
+    pub mass_missing_guard: f64,
+    /// The tenant the fleet alerts name.
+    pub tenant: String,
+}
+
+/// Which agents to sync.
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    pub ids: Vec<AgentId>,
+    /// Also every agent the list endpoint returns.
+    pub track_all: bool,
+}
+
+/// How one cycle runs.
+#[derive(Debug, Clone, Default)]
+pub struct CycleOptions {
+    /// Fetch and report the diff; write nothing but the call ledger.
+    pub dry_run: bool,
+    /// No request starts after this; agents left over wait for the next cycle.
+    pub deadline: Option<Instant>,
+    /// Stops the fetching; what was fetched is still applied and the run is `interrupted`.
+    pub cancel: CancellationToken,
+    /// Mark agents missing even when the mass-disappearance guard would refuse (a
+    /// deliberate decommission).
+    pub accept_mass_missing: bool,
+}
+
+/// A cycle that could not record its outcome: the database failed.
+#[derive(Debug, thiserror::Error)]
+#[error("sync cycle failed: {0}")]
+pub struct SyncError(#[from] pub StoreError);
+
+/// What a cycle gathered so far: counts, never one entry per agent (but for a dry run's
+/// changes, which it prints).
+#[derive(Debug, Default)]
+struct Progress {
+    fetched: usize,
+    tally: Tally,
+    diff: Diff,
+    failures: Vec<Failure>,
+    failure_count: usize,
+    deferred: usize,
+    /// False when a list did not reach its last page: then nothing may be marked missing.
+    complete: bool,
+    list_pages: Option<u32>,
+    /// The guard refused to mark agents missing.
+    refused: bool,
+    fleet_vanished: bool,
+}
+
+impl Progress {
+    fn fail(&mut self, subject: &str, error: String) {
+        self.failure_count += 1;
+        if self.failures.len() < KEPT_FAILURES {
+            self.failures.push(Failure { subject: subject.to_owned(), error });
+        }
+    }
+
+    /// Counts one applied (or planned) batch; a dry run also keeps its changes to print.
+    fn add(&mut self, diff: Diff, options: &CycleOptions) {
+        self.tally += diff.tally();
+        if options.dry_run {
+            self.diff.absorb(diff);
+        }
+    }
+}
+
+impl Syncer {
+    /// The cycle machinery for `settings`: budget, client (reading the client secret) and
+    /// fetch mode.
+    pub fn from_settings(settings: &Settings, store: Store) -> anyhow::Result<Syncer> {
+        let budget =
+            Budget::new(store.clone(), &settings.rate_limit.windows, settings.rate_limit.max_in_flight);
+        let client = DefenderClient::new(&settings.defender, settings.defender.client_secret()?, budget)?;
+        Ok(Syncer {
+            store,
+            client,
+            mode: settings.defender.fetch_mode,
+            max_in_flight: settings.rate_limit.max_in_flight,
+            mass_missing_guard: settings.stale.mass_missing_guard,
+            tenant: DEFAULT_TENANT.to_owned(),
+        })
+    }
+
+    /// Runs one cycle. Fetch failures end up in the report (and the run row); only a database
+    /// failure is an error.
+    #[tracing::instrument(skip_all, fields(dry_run = options.dry_run))]
+    pub async fn run_cycle(
+        &self,
+        targets: &Targets,
+        options: &CycleOptions,
+    ) -> Result<CycleReport, SyncError> {
+        let started = Instant::now();
+        let counters_before = self.client.counters();
+        let mode = self.resolve_mode(targets).await?;
+        let mut ids = targets.ids.clone();
+        if targets.track_all && mode == FetchMode::ById {
+            // by-id cannot discover agents; it refreshes the ones earlier lists found.
+            let known: HashSet<AgentId> = ids.iter().cloned().collect();
+            ids.extend(self.store.stored_ids().await?.into_iter().filter(|id| !known.contains(id)));
+        }
+        let ids = self.store.fetch_order(&ids).await?;
+        let requested = ids.len();
+        let run_id = match options.dry_run {
+            true => None,
+            false => Some(self.store.start_run(mode_name(mode), requested).await?),
+        };
+        tracing::info!(run_id, mode = mode_name(mode), requested, "sync cycle started");
+
+        let since = self.store.clock().await?;
+        let mut progress = Progress::default();
+        let outcome = match mode {
+            FetchMode::List => self.list_cycle(&ids, targets.track_all, since, options, &mut progress).await,
+            _ => self.by_id_cycle(ids, options, &mut progress).await,
+        };
+        let apply_error = outcome.err();
+        if let Some(error) = &apply_error {
+            tracing::error!(%error, "applying a fetched batch failed; that batch was not written");
+        }
+        let counters = self.client.counters();
+        let mut report = CycleReport {
+            run_id,
+            status: RunStatus::Ok,
+            mode,
+            requested,
+            fetched: progress.fetched,
+            missing: progress.tally.went_missing + progress.tally.still_missing + progress.tally.never_seen,
+            deferred: progress.deferred,
+            failures: progress.failures,
+            failure_count: progress.failure_count,
+            changes: progress.tally,
+            diff: progress.diff,
+            fleet_vanished: progress.fleet_vanished,
+            api_calls: counters.requests - counters_before.requests,
+            throttled: counters.throttled - counters_before.throttled,
+            dry_run: options.dry_run,
+            elapsed: Duration::ZERO,
+        };
+        if report.throttled > 0 && report.deferred > 0 {
+            // The budget never exceeds rate_limit.windows, so a 429 means the quota is shared
+            // or smaller than configured; the agents it pushed out are not a routine deferral.
+            report.failure_count += 1;
+            report.failures.push(Failure {
+                subject: "rate limit".into(),
+                error: format!(
+                    "the API answered 429 (throttled) {} times and {} agents were deferred to the next \
+                     cycle: another client may be using this app registration's quota, or the tenant's \
+                     limits are below rate_limit.windows; lower rate_limit.windows if it persists",
+                    report.throttled, report.deferred
+                ),
+            });
+        }
+        report.status = if options.cancel.is_cancelled() {
+            RunStatus::Interrupted
+        } else if apply_error.is_some()
+            || progress.refused
+            || (report.fetched + report.missing == 0 && report.failure_count > 0)
+        {
+            RunStatus::Failed
+        } else if report.failure_count > 0 || !progress.complete {
+            RunStatus::Partial
+        } else {
+            RunStatus::Ok
+        };
+        report.elapsed = started.elapsed();
+        if let Some(run_id) = run_id {
+            let record = report.record(progress.list_pages, apply_error.as_ref());
+            if let Err(error) = self.store.finish_run(run_id, &record).await {
+                return Err(apply_error.unwrap_or(error).into());
+            }
+        }
+        if let Some(error) = apply_error {
+            return Err(error.into());
+        }
+        tracing::info!(
+            run_id,
+            status = %report.status,
+            fetched = report.fetched,
+            changed = report.changes.changed + report.changes.new,
+            api_calls = report.api_calls,
+            "sync cycle finished"
+        );
+        Ok(report)
+    }
+
+    /// `auto` picks the mode needing fewer calls: by-id costs one call per ID, a list costs
+    /// as many pages as the last complete list took (one if never listed). Tracking all
+    /// agents needs the list, which is the only way to discover them.
+    async fn resolve_mode(&self, targets: &Targets) -> Result<FetchMode, StoreError> {
+        Ok(match self.mode {
+            FetchMode::Auto if targets.track_all => FetchMode::List,
+            FetchMode::Auto => {
+                let pages = self.store.last_list_pages().await?.unwrap_or(1) as usize;
+                if targets.ids.len() <= pages { FetchMode::ById } else { FetchMode::List }
+            }
+            chosen => chosen,
+        })
+    }
+
+    /// Applies one batch (a dry run plans it) and counts it; returns how many of its agents
+    /// were fetched already since `listed_since` (list pages only).
+    async fn take_batch(
+        &self,
+        records: Vec<AgentRecord>,
+        missing: &[AgentId],
+        listed_since: Option<DateTime<Utc>>,
+        options: &CycleOptions,
+        progress: &mut Progress,
+    ) -> Result<usize, StoreError> {
+        if records.is_empty() && missing.is_empty() {
+            return Ok(0);
+        }
+        progress.fetched += records.len();
+        let (diff, refetched) = match (options.dry_run, listed_since) {
+            (true, _) => (self.store.plan(records, missing).await?, 0),
+            (false, Some(since)) => {
+                let applied = self.store.apply_page(records, since).await?;
+                (applied.diff, applied.refetched)
+            }
+            (false, None) => (self.store.apply(records, missing).await?.diff, 0),
+        };
+        progress.add(diff, options);
+        Ok(refetched)
+    }
+
+    fn guard(&self, options: &CycleOptions) -> Guard {
+        Guard { share: self.mass_missing_guard, accept: options.accept_mass_missing }
+    }
+
+    /// The guard refused to mark `vanishing` of `known` agents missing: the run fails with
+    /// `error`, and (outside dry runs) one fleet alert opens when `alert` says the answers
+    /// look like another fleet's.
+    async fn refuse_missing(
+        &self,
+        error: String,
+        alert: bool,
+        (vanishing, known): (u64, u64),
+        options: &CycleOptions,
+        progress: &mut Progress,
+    ) -> Result<(), StoreError> {
+        tracing::error!("{error}");
+        if alert && !options.dry_run {
+            let now = self.store.clock().await?;
+            self.store.fleet_vanished(&self.tenant, vanishing, known, &error, now).await?;
+        }
+        progress.refused = true;
+        progress.fleet_vanished = alert;
+        progress.fail("missing agents", error);
+        Ok(())
+    }
+
+    /// Missing agents were marked normally: an open fleet-vanished alert resolves.
+    async fn fleet_is_back(&self) -> Result<(), StoreError> {
+        if self.store.fleet_returned(&self.tenant, self.store.clock().await?).await? {
+            tracing::info!(tenant = %self.tenant, "the fleet is back; the fleet-vanished alert is resolved");
+        }
+        Ok(())
+    }
+}
+
+fn mode_name(mode: FetchMode) -> &'static str {
+    match mode {
+        FetchMode::Auto => "auto",
+        FetchMode::ById => "by-id",
+        FetchMode::List => "list",
+    }
+}

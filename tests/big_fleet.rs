@@ -1,0 +1,170 @@
+//! Cycles that stream (issue 12): pages applied as they arrive, missing agents decided only
+//! after a complete list, the mass-disappearance guard, and a list cycle killed between pages.
+//! The bundled simulator and a real PostgreSQL.
+
+mod support;
+
+use std::time::Duration;
+
+use scan_agent_sync::config::Settings;
+use scan_agent_sync::simulator::{self, SimulatorHandle, SimulatorOptions};
+use scan_agent_sync::store::Store;
+use scan_agent_sync::store::runs::RunStatus;
+use scan_agent_sync::sync::{CycleOptions, Syncer, Targets};
+use sqlx::PgPool;
+use support::daemon::{DaemonConfig, Fixture, eventually};
+
+fn syncer(sim: &SimulatorHandle, pool: &PgPool) -> Syncer {
+    let settings: Settings = support::settings(&format!(
+        "{}fetch_mode = \"list\"\nmax_retries = 1\nrequest_timeout = \"5s\"\n",
+        sim.defender_config()
+    ));
+    Syncer::from_settings(&settings, Store::from_pool(pool.clone())).unwrap()
+}
+
+async fn fleet(agents: usize, seed: u64) -> SimulatorHandle {
+    simulator::start(SimulatorOptions { page_size: 7, seed, ..SimulatorOptions::frozen(agents) })
+        .await
+        .unwrap()
+}
+
+async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+const TRACK_ALL: Targets = Targets { ids: Vec::new(), track_all: true };
+
+/// What a wrong tenant, a wrong API host or a revoked consent looks like: the API answers
+/// with another fleet. Nothing is marked missing, the run fails naming the likely causes, one
+/// fleet alert fires (and stays one over further cycles), and a deliberate decommission
+/// goes through with `accept_mass_missing`.
+#[tokio::test]
+async fn a_fleet_swap_marks_nothing_and_raises_one_fleet_alert() {
+    let pool = support::fresh_pool().await;
+    let ours = fleet(30, 1).await;
+    let report = syncer(&ours, &pool).run_cycle(&TRACK_ALL, &CycleOptions::default()).await.unwrap();
+    assert_eq!((report.status, report.changes.new), (RunStatus::Ok, 30), "{report}");
+
+    let theirs = fleet(25, 2).await;
+    assert!(ours.agent_ids().iter().all(|id| !theirs.agent_ids().contains(id)), "two distinct fleets");
+    let swapped = syncer(&theirs, &pool);
+    for cycle in 0..2 {
+        let report = swapped.run_cycle(&TRACK_ALL, &CycleOptions::default()).await.unwrap();
+        assert_eq!((report.status, report.changes.went_missing), (RunStatus::Failed, 0), "{report}");
+        assert!(report.fleet_vanished, "{report}");
+        let error = report.failures.iter().map(|f| f.error.as_str()).collect::<String>();
+        assert!(error.contains("30 of the 30 known agents"), "cycle {cycle}: {error}");
+        for cause in
+            ["defender.tenant_id", "defender.api_base_url", "consent", "proxy", "--accept-mass-missing"]
+        {
+            assert!(error.contains(cause), "names {cause}: {error}");
+        }
+        assert_eq!(
+            scalar(&pool, "SELECT count(*) FROM scan_agents WHERE missing_since IS NOT NULL").await,
+            0
+        );
+        assert_eq!(
+            scalar(&pool, "SELECT count(*) FROM alert_outbox WHERE fleet_episode_id IS NOT NULL").await,
+            1,
+            "one fleet alert, not one per agent, and not one per cycle"
+        );
+    }
+    let status: String = sqlx::query_scalar("SELECT status FROM sync_runs ORDER BY run_id DESC LIMIT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "failed");
+
+    let accept = CycleOptions { accept_mass_missing: true, ..CycleOptions::default() };
+    let report = swapped.run_cycle(&TRACK_ALL, &accept).await.unwrap();
+    assert_eq!((report.status, report.changes.went_missing), (RunStatus::Ok, 30), "{report}");
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents WHERE missing_since IS NOT NULL").await, 30);
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM alert_outbox WHERE fleet_episode_id IS NOT NULL").await,
+        2,
+        "the accepted cycle resolves the fleet alert"
+    );
+}
+
+/// A few agents gone is news, not a wrong tenant: they are marked as before.
+#[tokio::test]
+async fn a_few_agents_gone_are_marked_missing() {
+    let pool = support::fresh_pool().await;
+    let sim = fleet(30, 3).await;
+    let syncer = syncer(&sim, &pool);
+    syncer.run_cycle(&TRACK_ALL, &CycleOptions::default()).await.unwrap();
+    for id in &sim.agent_ids()[..4] {
+        assert!(sim.delete(id));
+    }
+    let report = syncer.run_cycle(&TRACK_ALL, &CycleOptions::default()).await.unwrap();
+    assert_eq!(
+        (report.status, report.changes.went_missing, report.fleet_vanished),
+        (RunStatus::Ok, 4, false)
+    );
+}
+
+/// Each page is applied as it arrives: agents show up while the listing still runs.
+#[tokio::test]
+async fn pages_are_visible_before_the_list_ends() {
+    let pool = support::fresh_pool().await;
+    let sim = fleet(70, 4).await;
+    sim.set_latency(Duration::from_millis(300));
+    let syncer = syncer(&sim, &pool);
+    let cycle = tokio::spawn(async move { syncer.run_cycle(&TRACK_ALL, &CycleOptions::default()).await });
+    let seen = eventually("agents stored while the list still runs", Duration::from_secs(20), async || {
+        let stored = scalar(&pool, "SELECT count(*) FROM scan_agents").await;
+        (stored > 0).then_some(stored)
+    })
+    .await;
+    assert!(seen < 70, "the first pages are stored before the last one is fetched ({seen} of 70)");
+    let report = cycle.await.unwrap().unwrap();
+    assert_eq!((report.status, report.fetched), (RunStatus::Ok, 70), "{report}");
+}
+
+/// A `sync` process killed between two pages: every page it applied stays applied, the
+/// tables stay consistent, nothing is marked missing (the list was incomplete), and the next
+/// complete cycle marks the agents that really went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_cycle_killed_between_pages_marks_nothing_missing() {
+    let options = SimulatorOptions { page_size: 5, ..SimulatorOptions::frozen(40) };
+    let fixture = Fixture::with_simulator(options, 40).await;
+    let config = DaemonConfig::default();
+    let sync = |fixture: &Fixture| support::output(&mut fixture.command(&config, 0, "sync"));
+    assert!(sync(&fixture).status.success());
+    let first: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT max(last_fetched_at) FROM scan_agents")
+            .fetch_one(&fixture.pool)
+            .await
+            .unwrap();
+
+    for id in &fixture.sim.agent_ids()[35..] {
+        assert!(fixture.sim.delete(id));
+    }
+    fixture.sim.set_latency(Duration::from_millis(400));
+    let mut child = fixture.command(&config, 0, "sync").stdout(std::process::Stdio::null()).spawn().unwrap();
+    eventually("a page of the second cycle applied", Duration::from_secs(30), async || {
+        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM scan_agents WHERE last_fetched_at > $1")
+            .bind(first)
+            .fetch_one(&fixture.pool)
+            .await
+            .unwrap();
+        (applied >= 5).then_some(())
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        scalar(&fixture.pool, "SELECT count(*) FROM scan_agents WHERE missing_since IS NOT NULL").await,
+        0
+    );
+    let check = support::output(&mut fixture.command(&config, 0, "check"));
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+
+    fixture.sim.set_latency(Duration::ZERO);
+    assert!(sync(&fixture).status.success());
+    assert_eq!(
+        scalar(&fixture.pool, "SELECT count(*) FROM scan_agents WHERE missing_since IS NOT NULL").await,
+        5
+    );
+    fixture.assert_history_consistent().await;
+}
