@@ -7,11 +7,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 
 use super::{QueryContext, Store, StoreError};
-use crate::alerts::AlertEvent;
+use crate::alerts::Notification;
 
 /// Advisory lock key that serializes [`Store::record_staleness`]: two instances (or a timer
 /// tick racing a post-cycle call) evaluate one after the other, so the second sees the
@@ -39,25 +38,38 @@ pub struct Evaluation {
 #[derive(Debug, Clone)]
 pub struct OutboxEvent {
     pub event_id: i64,
-    pub episode_id: i64,
     /// Earlier failed attempts; 0 the first time the event is taken.
     pub attempts: i32,
-    pub event: AlertEvent,
+    pub event: Notification,
 }
 
-/// An outbox event held under a row lock until it is marked delivered or rescheduled.
-/// Dropping it unmarked (a crash, a cancelled task) releases it untouched for the next try.
-pub struct ClaimedEvent {
+/// Outbox events held under row locks until they are marked delivered or rescheduled, all
+/// together. Dropping the batch unmarked (a crash, a cancelled task) releases it untouched
+/// for the next try.
+pub struct ClaimedBatch {
     tx: Transaction<'static, Postgres>,
-    pub event: OutboxEvent,
+    pub events: Vec<OutboxEvent>,
 }
 
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
     event_id: i64,
-    episode_id: i64,
     attempts: i32,
-    payload: Json<AlertEvent>,
+    /// The payload's text, parsed by the type its episode column says.
+    payload: String,
+    fleet: bool,
+}
+
+impl OutboxRow {
+    fn into_event(self) -> Result<OutboxEvent, sqlx::Error> {
+        let event = if self.fleet {
+            serde_json::from_str(&self.payload).map(Notification::Fleet)
+        } else {
+            serde_json::from_str(&self.payload).map(Notification::Agent)
+        };
+        let event = event.map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        Ok(OutboxEvent { event_id: self.event_id, attempts: self.attempts, event })
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -182,64 +194,78 @@ impl Store {
         })
     }
 
-    /// Takes the next notification due at `now`, locked against other senders (they skip
-    /// it). An agent's notifications go out in the order they were queued: an event waits
-    /// while an earlier one of the same agent is undelivered, so a receiver never sees a
-    /// resolve before its firing.
-    pub async fn claim_alert(&self, now: DateTime<Utc>) -> Result<Option<ClaimedEvent>, StoreError> {
+    /// Takes up to `limit` notifications due at `now`, locked against other senders (they
+    /// skip them). Each ordering key (an agent, or a tenant's fleet) has its notifications go
+    /// out in the order they were queued: an event waits while an earlier one of the same key
+    /// is undelivered, so a receiver never sees a resolve before its firing, and a batch
+    /// holds at most one event per key. None when nothing is due.
+    pub async fn claim_alerts(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
         let mut tx = self.pool.begin().await.during("starting an alert delivery transaction")?;
-        let row: Option<OutboxRow> = sqlx::query_as(
-            "SELECT o.event_id, o.episode_id, o.attempts, o.payload
+        // Walks alert_outbox_due_idx in its order and stops after `limit` rows, probing
+        // alert_outbox_agent_pending_idx once per row: the cost follows the batch, not the
+        // backlog (BENCHMARKS.md, "Alert storms").
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT o.event_id, o.attempts, o.payload::text AS payload,
+                    o.fleet_episode_id IS NOT NULL AS fleet
              FROM alert_outbox o
              WHERE o.delivered_at IS NULL AND o.next_attempt_at <= $1
                AND NOT EXISTS (SELECT 1 FROM alert_outbox p
                                WHERE p.agent_id = o.agent_id AND p.delivered_at IS NULL
                                  AND p.event_id < o.event_id)
              ORDER BY o.next_attempt_at, o.event_id
-             LIMIT 1
+             LIMIT $2
              FOR UPDATE OF o SKIP LOCKED",
         )
         .bind(now)
-        .fetch_optional(&mut *tx)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
         .await
-        .during("taking a due alert from the outbox")?;
-        Ok(row.map(|row| ClaimedEvent {
-            tx,
-            event: OutboxEvent {
-                event_id: row.event_id,
-                episode_id: row.episode_id,
-                attempts: row.attempts,
-                event: row.payload.0,
-            },
-        }))
+        .during("taking due alerts from the outbox")?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let events = rows
+            .into_iter()
+            .map(OutboxRow::into_event)
+            .collect::<Result<_, _>>()
+            .during("reading a queued alert's payload")?;
+        Ok(Some(ClaimedBatch { tx, events }))
     }
 }
 
-impl ClaimedEvent {
-    /// Marks the event delivered and commits at once, keeping the window in which a crash
-    /// could resend it as short as possible.
+impl ClaimedBatch {
+    fn event_ids(&self) -> Vec<i64> {
+        self.events.iter().map(|e| e.event_id).collect()
+    }
+
+    /// Marks the whole batch delivered in one statement and commits at once, keeping the
+    /// window in which a crash could resend it as short as possible.
     pub async fn delivered(mut self, at: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE alert_outbox SET delivered_at = $2, last_error = NULL WHERE event_id = $1")
-            .bind(self.event.event_id)
+        sqlx::query("UPDATE alert_outbox SET delivered_at = $2, last_error = NULL WHERE event_id = ANY($1)")
+            .bind(self.event_ids())
             .bind(at)
             .execute(&mut *self.tx)
             .await
-            .during("marking an alert delivered")?;
+            .during("marking alerts delivered")?;
         self.tx.commit().await.during("committing an alert delivery")
     }
 
-    /// Counts a failed attempt and schedules the next one.
+    /// Counts a failed attempt of every event of the batch and schedules the next one.
     pub async fn retry_at(mut self, next_attempt_at: DateTime<Utc>, error: &str) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE alert_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3
-             WHERE event_id = $1",
+             WHERE event_id = ANY($1)",
         )
-        .bind(self.event.event_id)
+        .bind(self.event_ids())
         .bind(next_attempt_at)
         .bind(error)
         .execute(&mut *self.tx)
         .await
-        .during("rescheduling an alert")?;
+        .during("rescheduling alerts")?;
         self.tx.commit().await.during("committing an alert retry")
     }
 }
