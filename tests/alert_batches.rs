@@ -235,3 +235,24 @@ async fn a_big_batch_is_logged_as_one_summary_line() {
     assert!(lines[0].contains("agent-00000, agent-00001"), "{}", lines[0]);
     assert!(!text.contains("has not been seen"), "no line per event: {text}");
 }
+
+/// A storm bigger than one evaluation statement's chunk (10,000 episodes) opens and then
+/// resolves every episode once.
+#[tokio::test]
+async fn a_storm_of_more_agents_than_a_chunk_fires_and_resolves_each_once() {
+    const AGENTS: usize = 25_000;
+    let store = storm(AGENTS).await;
+    let again = evaluate(&store, &STALE, &AlertSettings::default(), at(62)).await.unwrap();
+    assert_eq!((again.fired, again.stale_now, again.tracked), (0, AGENTS as u64, AGENTS as u64));
+    agents(&store, AGENTS, 100).await;
+    let back = evaluate(&store, &STALE, &AlertSettings::default(), at(110)).await.unwrap();
+    assert_eq!((back.resolved, back.fired, back.stale_now), (AGENTS as u64, 0, 0));
+    let (episodes, events): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(DISTINCT agent_id) FROM stale_episodes WHERE resolved_at IS NOT NULL),
+                (SELECT count(*) FROM alert_outbox)",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((episodes, events), (AGENTS as i64, 2 * AGENTS as i64));
+}

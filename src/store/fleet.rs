@@ -3,13 +3,13 @@
 //!
 //! The sync cycle decides when a fleet vanished (the mass-missing guard) and when it is back;
 //! this module records the episode and queues its notifications in the same transaction,
-//! under the alert lock, so two cycles or two instances never open it twice.
+//! under the alert lock (`alerts::ALERT_LOCK`), so two cycles or two instances never open it twice.
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 
-use super::alerts::ALERT_LOCK;
+use super::alerts::lock_alerts;
 use super::{QueryContext, Store, StoreError};
 use crate::alerts::{AlertStatus, FleetEvent};
 
@@ -45,7 +45,7 @@ impl Store {
         detail: &str,
         now: DateTime<Utc>,
     ) -> Result<DateTime<Utc>, StoreError> {
-        let mut tx = locked(self).await?;
+        let mut tx = lock_alerts(self).await?;
         let open: Option<DateTime<Utc>> = sqlx::query_scalar(
             "SELECT started_at FROM fleet_episodes WHERE tenant = $1 AND resolved_at IS NULL",
         )
@@ -85,7 +85,7 @@ impl Store {
     /// Resolves the tenant's open fleet-vanished episode, queueing one resolve event; false
     /// when none was open.
     pub async fn fleet_returned(&self, tenant: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let mut tx = locked(self).await?;
+        let mut tx = lock_alerts(self).await?;
         let closed: Option<EpisodeRow> = sqlx::query_as(
             "UPDATE fleet_episodes SET resolved_at = greatest($2, started_at)
              WHERE tenant = $1 AND resolved_at IS NULL
@@ -110,18 +110,6 @@ impl Store {
         tx.commit().await.during("committing a fleet-vanished resolve")?;
         Ok(true)
     }
-}
-
-/// A transaction holding the alert lock, which orders fleet episodes of one tenant (and
-/// staleness evaluations) one after the other.
-async fn locked(store: &Store) -> Result<Transaction<'static, Postgres>, StoreError> {
-    let mut tx = store.pool.begin().await.during("starting a fleet episode transaction")?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(ALERT_LOCK)
-        .execute(&mut *tx)
-        .await
-        .during("waiting for the alert lock")?;
-    Ok(tx)
 }
 
 /// Queues `event`. Its ordering key `fleet <tenant>` contains a space, which no agent ID
