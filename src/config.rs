@@ -7,27 +7,29 @@
 //! read only when needed ([`DefenderSettings::client_secret`]).
 
 mod agents;
+mod alerts;
 mod de;
 mod defender;
 mod error;
 mod exposure;
+mod http;
 mod show;
 mod url;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::de::{DeserializeOwned, Error as _, Unexpected};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use self::agents::{AgentsSettings, parse_ids_file};
+pub use self::alerts::{AlertFormat, AlertSettings};
 pub use self::defender::{Cloud, DefenderSettings, FetchMode};
 pub use self::error::{ConfigError, ConfigProblem};
+pub use self::http::{AgentSeries, HttpSettings};
 pub(crate) use self::url::redact_url;
-use self::url::{PlainHttp, check_http_url};
 use crate::rate_window::RateWindow;
 
 /// Prefix of the environment variables that override keys; `__` separates section and key.
@@ -135,79 +137,6 @@ impl Default for StaleSettings {
     fn default() -> Self {
         Self { after: Duration::from_secs(24 * 60 * 60), mass_missing_guard: 0.5 }
     }
-}
-
-/// The body format of alert webhooks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlertFormat {
-    /// Alertmanager's `POST /api/v2/alerts` body, so alerts can go straight to Alertmanager.
-    #[default]
-    Alertmanager,
-    /// A plain JSON object per alert, for generic webhooks.
-    Json,
-}
-
-/// Where stale alerts go.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AlertSettings {
-    /// Webhook to notify; `None` (written `""`) keeps alerts in the log and metrics only.
-    #[serde(deserialize_with = "de::non_empty")]
-    pub webhook_url: Option<String>,
-    /// Body format.
-    #[serde(deserialize_with = "de::variant")]
-    pub format: AlertFormat,
-    /// Re-notify a still-stale agent this often; zero notifies once per episode.
-    #[serde(with = "humantime_serde")]
-    pub repeat_interval: Duration,
-}
-
-/// Webhook URLs may carry credentials (`https://user:password@host/...`), so Debug hides
-/// them as [`Settings::redacted`] does.
-impl std::fmt::Debug for AlertSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlertSettings")
-            .field("webhook_url", &self.webhook_url.as_deref().map(redact_url))
-            .field("format", &self.format)
-            .field("repeat_interval", &self.repeat_interval)
-            .finish()
-    }
-}
-
-impl Default for AlertSettings {
-    fn default() -> Self {
-        Self { webhook_url: None, format: AlertFormat::default(), repeat_interval: Duration::ZERO }
-    }
-}
-
-/// The metrics and health endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpSettings {
-    /// Listen address; `None` (written `""`) disables the endpoints.
-    #[serde(deserialize_with = "listen_address")]
-    pub listen: Option<SocketAddr>,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
-    }
-}
-
-/// Parses `http.listen`, where `""` means disabled.
-fn listen_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
-    de::non_empty::<D, String>(deserializer)?
-        .map(|text| {
-            text.trim().parse().map_err(|_| {
-                D::Error::invalid_value(
-                    Unexpected::Str(&text),
-                    &"an IP:PORT address such as 127.0.0.1:9464, or \"\" to disable the endpoints",
-                )
-            })
-        })
-        .transpose()
 }
 
 /// Log line format; also the value of `--log-format`.
@@ -551,24 +480,6 @@ impl Finish for StaleSettings {
                 "stale.mass_missing_guard",
                 format!("is {}, not a share between 0 (exclusive) and 1", self.mass_missing_guard),
                 "set a share such as 0.5 (1 turns the guard off)",
-            ));
-        }
-        self
-    }
-}
-
-impl Finish for AlertSettings {
-    type Output = Self;
-
-    fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self {
-        // Alerts carry no secret, and Alertmanager commonly listens on plain http in-cluster.
-        if let Some(Err(problem)) =
-            self.webhook_url.as_deref().map(|url| check_http_url(url, PlainHttp::Allowed))
-        {
-            problems.push(ConfigProblem::new(
-                "alerts.webhook_url",
-                problem,
-                "write an absolute http(s) URL such as http://alertmanager:9093/api/v2/alerts, or \"\" for no webhook",
             ));
         }
         self

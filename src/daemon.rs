@@ -22,7 +22,7 @@ use crate::alerts;
 use crate::config::Settings;
 use crate::http::{self, HttpState};
 use crate::leader::{LeaderState, Leadership, LeadershipSettings};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, refresh_agent_series};
 use crate::notify;
 use crate::scheduler::{Busy, Schedule};
 use crate::store::{Store, StoreError};
@@ -320,9 +320,8 @@ impl Daemon {
                 tracing::error!(%error, "evaluating stale agents failed; retrying at the next check")
             }
         }
-        match store.all_last_seen().await {
-            Ok(agents) => self.metrics.set_agent_last_seen(&agents),
-            Err(error) => tracing::warn!(%error, "reading lastSeen for the metrics failed"),
+        if let Err(error) = refresh_agent_series(store, &self.metrics, self.settings.http.agent_series).await {
+            tracing::warn!(%error, "reading lastSeen for the per-agent metrics failed");
         }
     }
 

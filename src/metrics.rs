@@ -4,8 +4,13 @@
 //! isolated set and the daemon hands one clone to each task that records something.
 //! The series names are the product interface (PRODUCT.md, "Metrics"): change none.
 //!
+//! Which agents get a per-agent series is `http.agent_series`; [`refresh_agent_series`]
+//! applies it after each staleness evaluation.
+//!
 //! prometheus-client writes the OpenMetrics text format and appends `_total` to counters
 //! itself, so counters are registered without it; the exposed names are the documented ones.
+
+mod agent_series;
 
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -20,6 +25,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+pub use self::agent_series::refresh_agent_series;
 
 /// The content type of [`Metrics::encode`]'s output, for the HTTP response.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use scan_agent_sync::agent::AgentRecord;
-use scan_agent_sync::alerts::{deliver_pending, evaluate, webhook_client};
+use scan_agent_sync::alerts::{DeliveryReport, deliver_pending, evaluate, webhook_client};
 use scan_agent_sync::config::{AlertFormat, AlertSettings, StaleSettings};
+use scan_agent_sync::store::Store;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 /// Where Debian's package puts the binary; `ALERTMANAGER_BIN` overrides it.
 const DEFAULT_BINARY: &str = "/usr/bin/prometheus-alertmanager";
@@ -86,16 +88,25 @@ impl Alertmanager {
     }
 }
 
+async fn deliver(store: &Store, client: &reqwest::Client, alerts: &AlertSettings) -> DeliveryReport {
+    deliver_pending(store, client, alerts, Utc::now(), &CancellationToken::new()).await.unwrap()
+}
+
+fn settings(alertmanager: &Alertmanager) -> AlertSettings {
+    AlertSettings {
+        webhook_url: Some(format!("{}/api/v2/alerts", alertmanager.base_url)),
+        format: AlertFormat::Alertmanager,
+        repeat_interval: Duration::ZERO,
+        max_batch: 100,
+    }
+}
+
 #[tokio::test]
 async fn alertmanager_lists_the_firing_alert_then_takes_the_resolve() {
     let alertmanager = Alertmanager::start().await;
     let store = support::fresh_store().await;
     let stale = StaleSettings { after: Duration::from_secs(3600), ..StaleSettings::default() };
-    let alerts = AlertSettings {
-        webhook_url: Some(format!("{}/api/v2/alerts", alertmanager.base_url)),
-        format: AlertFormat::Alertmanager,
-        repeat_interval: Duration::ZERO,
-    };
+    let alerts = settings(&alertmanager);
     let client = webhook_client().unwrap();
     let seen = |at: chrono::DateTime<Utc>| {
         AgentRecord::from_json(json!({
@@ -106,7 +117,7 @@ async fn alertmanager_lists_the_firing_alert_then_takes_the_resolve() {
 
     store.apply(vec![seen(Utc::now() - TimeDelta::hours(2))], &[]).await.unwrap();
     assert_eq!(evaluate(&store, &stale, &alerts, Utc::now()).await.unwrap().fired, 1);
-    let report = deliver_pending(&store, &client, &alerts, Utc::now()).await.unwrap();
+    let report = deliver(&store, &client, &alerts).await;
     assert_eq!(report.delivered, 1, "Alertmanager refused the firing alert: {report:?}");
 
     let listed = alertmanager.alerts().await;
@@ -119,7 +130,7 @@ async fn alertmanager_lists_the_firing_alert_then_takes_the_resolve() {
 
     store.apply(vec![seen(Utc::now())], &[]).await.unwrap();
     assert_eq!(evaluate(&store, &stale, &alerts, Utc::now()).await.unwrap().resolved, 1);
-    let report = deliver_pending(&store, &client, &alerts, Utc::now()).await.unwrap();
+    let report = deliver(&store, &client, &alerts).await;
     assert_eq!(report.delivered, 1, "Alertmanager refused the resolve: {report:?}");
 
     // Resolved alerts leave the list of current alerts; one still listed must have ended.
@@ -128,4 +139,39 @@ async fn alertmanager_lists_the_firing_alert_then_takes_the_resolve() {
         let ends_at: chrono::DateTime<Utc> = alert["endsAt"].as_str().unwrap().parse().unwrap();
         assert!(ends_at <= Utc::now(), "the alert is still active after the resolve: {alert}");
     }
+}
+
+/// One POST carrying many stale-agent alerts and a fleet alert: Alertmanager takes the
+/// whole array and lists each alert under its own labels.
+#[tokio::test]
+async fn alertmanager_takes_a_batch_with_a_fleet_alert() {
+    let alertmanager = Alertmanager::start().await;
+    let store = support::fresh_store().await;
+    let stale = StaleSettings { after: Duration::from_secs(3600), ..StaleSettings::default() };
+    let alerts = settings(&alertmanager);
+    let old = (Utc::now() - TimeDelta::hours(2)).to_rfc3339();
+    let records = (0..30)
+        .map(|i| AgentRecord::from_json(json!({"id": format!("agent-batch-{i}"), "lastSeen": old})).unwrap())
+        .collect();
+    store.apply(records, &[]).await.unwrap();
+    assert_eq!(evaluate(&store, &stale, &alerts, Utc::now()).await.unwrap().fired, 30);
+    store
+        .fleet_vanished("default", 950, 1000, "950 of 1000 agents absent from the list", Utc::now())
+        .await
+        .unwrap();
+
+    let report = deliver(&store, &webhook_client().unwrap(), &alerts).await;
+    assert_eq!(report, DeliveryReport { delivered: 31, retrying: 0, rejected: 0 });
+
+    let listed = alertmanager.alerts().await;
+    let stale_listed = listed.iter().filter(|a| a["labels"]["alertname"] == "ScanAgentStale").count();
+    assert_eq!(stale_listed, 30, "{listed:?}");
+    let fleet: Vec<&Value> =
+        listed.iter().filter(|a| a["labels"]["alertname"] == "ScanAgentFleetVanished").collect();
+    assert_eq!(fleet.len(), 1, "{listed:?}");
+    assert_eq!(fleet[0]["labels"]["tenant"], "default");
+    assert_eq!(fleet[0]["labels"]["severity"], "critical");
+    assert_eq!(fleet[0]["status"]["state"], "active", "{:?}", fleet[0]);
+    let summary = fleet[0]["annotations"]["summary"].as_str().unwrap();
+    assert!(summary.contains("950 of 1000") && summary.contains("--accept-mass-missing"), "{summary}");
 }

@@ -14,6 +14,7 @@ use scan_agent_sync::config::{AlertFormat, AlertSettings, StaleSettings};
 use scan_agent_sync::store::Store;
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -31,8 +32,14 @@ fn stale() -> StaleSettings {
     StaleSettings { after: STALE_AFTER, ..StaleSettings::default() }
 }
 
+/// One event per POST: the bodies these tests inspect are single events, as before batching.
 fn settings(webhook: Option<String>, format: AlertFormat, repeat_secs: u64) -> AlertSettings {
-    AlertSettings { webhook_url: webhook, format, repeat_interval: Duration::from_secs(repeat_secs) }
+    AlertSettings {
+        webhook_url: webhook,
+        format,
+        repeat_interval: Duration::from_secs(repeat_secs),
+        max_batch: 1,
+    }
 }
 
 /// Stores agent `id` as last seen at `at(last_seen_secs)`.
@@ -67,7 +74,9 @@ async fn bodies(server: &MockServer) -> Vec<Value> {
 }
 
 async fn deliver(store: &Store, alerts: &AlertSettings, now_secs: i64) -> DeliveryReport {
-    deliver_pending(store, &webhook_client().unwrap(), alerts, at(now_secs)).await.unwrap()
+    deliver_pending(store, &webhook_client().unwrap(), alerts, at(now_secs), &CancellationToken::new())
+        .await
+        .unwrap()
 }
 
 async fn undelivered(store: &Store) -> i64 {
@@ -235,7 +244,7 @@ async fn a_crash_before_delivery_loses_nothing() {
     seen(&store, "a1", 0).await;
     evaluate(&store, &stale(), &alerts, at(61)).await.unwrap();
     // A sender that took the event and died mid-request: its transaction rolls back.
-    let claimed = store.claim_alert(at(61)).await.unwrap().expect("an event is due");
+    let claimed = store.claim_alerts(at(61), 1).await.unwrap().expect("an event is due");
     drop(claimed);
     store.pool().close().await;
     drop(store);

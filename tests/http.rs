@@ -4,10 +4,13 @@ mod support;
 
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::{TimeDelta, TimeZone, Utc};
+use scan_agent_sync::agent::AgentRecord;
+use scan_agent_sync::agent_id::AgentId;
+use scan_agent_sync::config::AgentSeries;
 use scan_agent_sync::http::{HttpState, serve};
 use scan_agent_sync::leader::LeaderState;
-use scan_agent_sync::metrics::Metrics;
+use scan_agent_sync::metrics::{Metrics, refresh_agent_series};
 use scan_agent_sync::store::Store;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use support::exposition::{Labels, find, parse_exposition};
@@ -144,4 +147,47 @@ async fn readyz_is_503_when_the_database_is_unreachable() {
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("not ready: "), "{body}");
     assert!(started.elapsed() < Duration::from_secs(4), "the probe is bounded: {:?}", started.elapsed());
+}
+
+/// `http.agent_series` decides which agents `/metrics` shows, while the fleet-wide gauges
+/// stay: every agent, the stale ones (here one too old and one missing), or none.
+#[tokio::test]
+async fn agent_series_selects_the_per_agent_series_on_metrics() {
+    let store = support::fresh_store().await;
+    let now = Utc::now();
+    let record = |id: &str, seen: chrono::DateTime<Utc>| {
+        AgentRecord::from_json(serde_json::json!({"id": id, "lastSeen": seen.to_rfc3339()})).unwrap()
+    };
+    let old = now - TimeDelta::days(2);
+    store.apply(vec![record("fresh", now), record("old", old), record("gone", now)], &[]).await.unwrap();
+    store.apply(vec![], &[AgentId::parse("gone").unwrap()]).await.unwrap();
+    let metrics = Metrics::new();
+    metrics.set_agent_counts(3, 2, 1);
+    let (_tx, leadership) = watch::channel(LeaderState::Leader);
+    let server = spawn_server(metrics.clone(), store.clone(), leadership).await;
+
+    let name = "scan_agent_sync_agent_last_seen_timestamp_seconds";
+    for (mode, expected) in [
+        (AgentSeries::All, vec!["fresh", "gone", "old"]),
+        (AgentSeries::Stale, vec!["gone", "old"]),
+        (AgentSeries::None, vec![]),
+    ] {
+        refresh_agent_series(&store, &metrics, mode).await.unwrap();
+        let (status, _, body) = get(&server, "/metrics").await;
+        assert_eq!(status, 200);
+        let samples = parse_exposition(&body);
+        let mut agents: Vec<&str> =
+            samples.iter().filter(|s| s.name == name).map(|s| s.labels["agent_id"].as_str()).collect();
+        agents.sort_unstable();
+        assert_eq!(agents, expected, "{mode:?}");
+        let old_sample = find(&samples, name, &[("agent_id", "old")]);
+        if let Some(sample) = old_sample {
+            assert_eq!(sample.value, old.timestamp_millis() as f64 / 1000.0);
+        }
+        for (state, count) in [("tracked", 3.0), ("stale", 2.0), ("missing", 1.0)] {
+            let gauge = find(&samples, "scan_agent_sync_agents", &[("state", state)]);
+            assert_eq!(gauge.map(|s| s.value), Some(count), "{mode:?}: agents{{state={state}}}");
+        }
+    }
+    server.stop.cancel();
 }

@@ -1,4 +1,5 @@
-//! The facts of one notification, as queued in `alert_outbox.payload`.
+//! The facts of one notification, as queued in `alert_outbox.payload`: a stale agent's
+//! ([`AlertEvent`]) or a vanished fleet's ([`FleetEvent`]).
 //!
 //! Facts rather than a rendered body are queued, so the body follows the configuration in
 //! force when it is sent (format, Alertmanager's `endsAt` horizon).
@@ -55,4 +56,55 @@ impl AlertEvent {
             }
         }
     }
+}
+
+/// One notification about a tenant's fleet vanishing from the API: the sync cycle refused
+/// to mark most of the known agents missing at once, which is what a wrong tenant, a wrong
+/// API host, a revoked consent or a proxy answering for the API looks like.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetEvent {
+    pub status: AlertStatus,
+    pub tenant: String,
+    /// Agents the cycle would newly have marked missing.
+    pub vanishing: u64,
+    /// Agents known for the tenant when it happened.
+    pub known: u64,
+    /// The run's error text: what the cycle saw.
+    pub detail: String,
+    /// When the episode opened.
+    pub fired_at: DateTime<Utc>,
+    /// When the fleet was back; set on resolves only.
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// What on-call should do about a vanished fleet, in every rendering of the alert.
+pub const FLEET_HINT: &str = "check defender.tenant_id and defender.api_base_url, the app's consent in the \
+     tenant, and any proxy in between; if the agents were decommissioned on purpose, run \
+     `scan-agent-sync sync --accept-mass-missing`";
+
+impl FleetEvent {
+    /// One line for people: the numbers, the likely causes and what to do.
+    pub fn summary(&self) -> String {
+        let tenant = &self.tenant;
+        match self.status {
+            AlertStatus::Firing => format!(
+                "{} of {} known scan agents of tenant {tenant} vanished from the Defender API in one \
+                 cycle; none was marked missing. Likely a wrong tenant or API host, a revoked consent, \
+                 or a proxy answering for the API: {FLEET_HINT}",
+                self.vanishing, self.known
+            ),
+            AlertStatus::Resolved => {
+                format!("the Defender API returns the scan agents of tenant {tenant} again")
+            }
+        }
+    }
+}
+
+/// Anything the outbox delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notification {
+    /// A stale agent (`ScanAgentStale`).
+    Agent(AlertEvent),
+    /// A tenant's vanished fleet (`ScanAgentFleetVanished`).
+    Fleet(FleetEvent),
 }

@@ -1,17 +1,22 @@
-//! Delivers queued notifications: a log line for each, and a POST to `alerts.webhook_url`
-//! when one is set, retried with jittered exponential backoff until the receiver accepts.
+//! Delivers queued notifications in batches of up to `alerts.max_batch`: a log line (one
+//! summary line for a big batch), and one POST per batch to `alerts.webhook_url` when one
+//! is set, retried with jittered exponential backoff until the receiver accepts.
 //!
-//! Outcomes of a POST:
-//! - 2xx: marked delivered in the same breath (see the module docs of [`super`] for the
-//!   one-event window a crash leaves).
+//! Outcomes of a POST, for the whole batch:
+//! - 2xx: marked delivered in one statement right after (see the module docs of [`super`]
+//!   for the window a crash leaves).
 //! - 5xx, 408, 429, timeouts, connection errors: the receiver may recover; retried after
-//!   5 s, 10 s, 20 s, ... up to 10 minutes, each delay jittered down by up to half so a
-//!   fleet of events does not retry in lockstep. The pass stops at the first such failure:
-//!   the rest would fail the same way, and the next poll probes again.
+//!   5 s, 10 s, 20 s, ... up to 10 minutes, each delay jittered down by up to half so
+//!   senders do not retry in lockstep. The pass stops at the first such failure: the rest
+//!   would fail the same way, and the next poll probes again.
 //! - other 4xx: the receiver understood and refused, which a retry alone does not fix:
 //!   logged as a configuration problem (URL without credentials, status, body excerpt) and
 //!   retried at the maximum backoff, so fixing the receiver's configuration is enough for
-//!   the alert to arrive. Events are never dropped.
+//!   the alerts to arrive. Events are never dropped.
+//!
+//! Cancellation is noticed between batches and while a claim or a POST is in flight: the
+//! unfinished batch's transaction rolls back, so its events stay in the outbox for the next
+//! start, and a stop never waits for a backlog.
 
 use std::time::Duration;
 
@@ -19,10 +24,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 
-use super::payload::render;
-use super::{AlertEvent, AlertStatus};
+use super::payload::{Rendering, render};
+use super::{AlertEvent, AlertStatus, FleetEvent, Notification};
 use crate::config::{AlertSettings, redact_url};
-use crate::store::alerts::OutboxEvent;
+use crate::store::alerts::{ClaimedBatch, OutboxEvent};
 use crate::store::{Store, StoreError};
 
 /// Per-request limit; also bounds how long an outbox row stays locked.
@@ -33,11 +38,16 @@ const FIRST_RETRY: Duration = Duration::from_secs(5);
 const MAX_RETRY: Duration = Duration::from_secs(600);
 /// Enough of a refusal's body to diagnose it in a log line.
 const BODY_EXCERPT_CHARS: usize = 200;
+/// A batch of more stale-agent events than this is logged as one summary line: a storm of
+/// 100,000 events is then a thousand lines, not 100,000.
+const SUMMARY_ABOVE: usize = 5;
+/// Agents a summary line names.
+const SUMMARY_NAMES: usize = 5;
 
 /// What one delivery pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeliveryReport {
-    /// Accepted by the webhook, or logged when no webhook is configured.
+    /// Events accepted by the webhook, or logged when no webhook is configured.
     pub delivered: usize,
     /// Failed with a transient error; rescheduled with backoff.
     pub retrying: usize,
@@ -57,44 +67,57 @@ enum Attempt {
     Refused(String),
 }
 
-/// Delivers every notification due at `now`, one transaction per event, so each is marked
-/// delivered right after its 2xx.
+/// Delivers every notification due at `now`, one transaction per batch, so each batch is
+/// marked delivered right after its 2xx; returns early, with the unfinished batch left in
+/// the outbox, when `cancel` fires.
 #[tracing::instrument(skip_all)]
 pub async fn deliver_pending(
     store: &Store,
     client: &reqwest::Client,
     settings: &AlertSettings,
     now: DateTime<Utc>,
+    cancel: &CancellationToken,
 ) -> Result<DeliveryReport, StoreError> {
     let mut report = DeliveryReport::default();
-    while let Some(claim) = store.claim_alert(now).await? {
-        let outbox = &claim.event;
-        if outbox.attempts == 0 {
-            log_event(&outbox.event);
-        }
+    loop {
+        let claimed = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            claimed = store.claim_alerts(now, settings.max_batch) => claimed?,
+        };
+        let Some(batch) = claimed else { break };
+        log_batch(&batch.events);
         let attempt = match &settings.webhook_url {
             None => Attempt::Delivered,
-            Some(url) => post(client, url, settings, outbox, now).await,
+            Some(url) => tokio::select! {
+                biased;
+                // Dropping the batch rolls its transaction back: nothing is marked.
+                () = cancel.cancelled() => break,
+                attempt = post(client, url, settings, &batch, now) => attempt,
+            },
         };
+        let count = batch.events.len();
         match attempt {
             Attempt::Delivered => {
-                claim.delivered(now).await?;
-                report.delivered += 1;
+                batch.delivered(now).await?;
+                report.delivered += count;
             }
             Attempt::Refused(error) => {
-                claim.retry_at(now + to_delta(MAX_RETRY), &error).await?;
-                report.rejected += 1;
+                batch.retry_at(now + to_delta(MAX_RETRY), &error).await?;
+                report.rejected += count;
             }
             Attempt::Transient(error) => {
-                let delay = retry_delay(outbox.attempts.saturating_add(1), rand::random_range(0.0..=1.0));
+                let attempts = batch.events.iter().map(|e| e.attempts).max().unwrap_or(0).saturating_add(1);
+                let delay = retry_delay(attempts, rand::random_range(0.0..=1.0));
                 tracing::warn!(
-                    event_id = outbox.event_id,
-                    attempts = outbox.attempts + 1,
+                    events = count,
+                    first_event_id = batch.events[0].event_id,
+                    attempts,
                     retry_in = %humantime::format_duration(delay),
                     "alert webhook unavailable, will retry: {error}"
                 );
-                claim.retry_at(now + to_delta(delay), &error).await?;
-                report.retrying += 1;
+                batch.retry_at(now + to_delta(delay), &error).await?;
+                report.retrying += count;
                 break;
             }
         }
@@ -102,9 +125,9 @@ pub async fn deliver_pending(
     Ok(report)
 }
 
-/// Runs delivery passes every `poll` until `cancel` fires. A pass in progress finishes
-/// first (each request is bounded by the client's timeout); database errors are logged and
-/// retried at the next poll, since the events wait safely in the outbox.
+/// Runs delivery passes every `poll` until `cancel` fires, which ends a pass in progress at
+/// once (see the module docs). Database errors are logged and retried at the next poll,
+/// since the events wait safely in the outbox.
 pub async fn run_sender(
     store: Store,
     client: reqwest::Client,
@@ -112,8 +135,8 @@ pub async fn run_sender(
     cancel: CancellationToken,
     poll: Duration,
 ) {
-    loop {
-        match deliver_pending(&store, &client, &settings, Utc::now()).await {
+    while !cancel.is_cancelled() {
+        match deliver_pending(&store, &client, &settings, Utc::now(), &cancel).await {
             Ok(report) if report != DeliveryReport::default() => {
                 tracing::debug!(?report, "alert delivery pass")
             }
@@ -127,7 +150,35 @@ pub async fn run_sender(
     }
 }
 
-/// The log sink: always written, webhook or not, once per event (not per attempt).
+/// The log sink: always written, webhook or not, once per event (not per attempt). A fleet
+/// event always has its own line; stale-agent events beyond [`SUMMARY_ABOVE`] share one.
+fn log_batch(events: &[OutboxEvent]) {
+    let mut agents = Vec::new();
+    for event in events.iter().filter(|e| e.attempts == 0) {
+        match &event.event {
+            Notification::Agent(agent) => agents.push(agent),
+            Notification::Fleet(fleet) => log_fleet_event(fleet),
+        }
+    }
+    if agents.len() <= SUMMARY_ABOVE {
+        agents.into_iter().for_each(log_event);
+        return;
+    }
+    let firing = agents.iter().filter(|e| e.status == AlertStatus::Firing).count();
+    let resolved = agents.len() - firing;
+    let mut names: Vec<&str> = agents.iter().take(SUMMARY_NAMES).map(|e| e.display_name()).collect();
+    names.push("...");
+    let first = names.join(", ");
+    let count = agents.len();
+    let message = format!("{count} stale-agent alerts: {firing} firing, {resolved} resolved ({first})");
+    if firing > 0 {
+        tracing::warn!(alerts = count, firing, resolved, first = %first, "{message}");
+    } else {
+        tracing::info!(alerts = count, firing, resolved, first = %first, "{message}");
+    }
+}
+
+/// One stale-agent event's line.
 fn log_event(event: &AlertEvent) {
     let summary = event.summary();
     let (agent_id, dns, last_seen) = (&event.agent_id, event.computer_dns_name.as_deref(), event.last_seen);
@@ -143,14 +194,33 @@ fn log_event(event: &AlertEvent) {
     }
 }
 
+/// A vanished fleet is every agent of a tenant unobserved: an error until it is back.
+fn log_fleet_event(event: &FleetEvent) {
+    let (summary, tenant) = (event.summary(), &event.tenant);
+    match event.status {
+        AlertStatus::Firing => tracing::error!(
+            alert = "firing", tenant, vanishing = event.vanishing, known = event.known,
+            detail = %event.detail, "{summary}"
+        ),
+        AlertStatus::Resolved => tracing::info!(alert = "resolved", tenant, "{summary}"),
+    }
+}
+
 async fn post(
     client: &reqwest::Client,
     url: &str,
     settings: &AlertSettings,
-    outbox: &OutboxEvent,
+    batch: &ClaimedBatch,
     now: DateTime<Utc>,
 ) -> Attempt {
-    let body = render(&outbox.event, settings.format, settings.repeat_interval, now);
+    let events: Vec<&Notification> = batch.events.iter().map(|e| &e.event).collect();
+    let how = Rendering {
+        format: settings.format,
+        repeat_interval: settings.repeat_interval,
+        max_batch: settings.max_batch,
+        sent_at: now,
+    };
+    let body = render(&events, &how);
     let response = match client.post(url).json(&body).send().await {
         Ok(response) => response,
         // without_url: the URL may carry credentials.
@@ -169,11 +239,12 @@ async fn post(
         return Attempt::Transient(error);
     }
     tracing::error!(
-        event_id = outbox.event_id,
+        events = batch.events.len(),
+        first_event_id = batch.events[0].event_id,
         webhook_url = %redact_url(url),
         status = status.as_u16(),
         body = %excerpt,
-        "alerts.webhook_url refused the alert (HTTP {status}): a configuration problem (wrong URL, \
+        "alerts.webhook_url refused the alerts (HTTP {status}): a configuration problem (wrong URL, \
          credentials or alerts.format?); retrying every {}",
         humantime::format_duration(MAX_RETRY)
     );

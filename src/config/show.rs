@@ -91,10 +91,18 @@ impl Settings {
                 ),
                 ("format", Some(toml_value(&self.alerts.format))),
                 ("repeat_interval", Some(toml_duration(self.alerts.repeat_interval))),
+                ("max_batch", Some(self.alerts.max_batch.to_string())),
             ],
         );
         let listen = self.http.listen.map(|address| address.to_string()).unwrap_or_default();
-        write_section(&mut out, "http", &[("listen", Some(toml_value(&listen)))]);
+        write_section(
+            &mut out,
+            "http",
+            &[
+                ("listen", Some(toml_value(&listen))),
+                ("agent_series", Some(toml_value(&self.http.agent_series))),
+            ],
+        );
         write_section(
             &mut out,
             "log",

@@ -7,15 +7,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 
 use super::{QueryContext, Store, StoreError};
-use crate::alerts::AlertEvent;
+use crate::alerts::Notification;
 
-/// Advisory lock key that serializes [`Store::record_staleness`]: two instances (or a timer
-/// tick racing a post-cycle call) evaluate one after the other, so the second sees the
-/// first's episodes and fires nothing again.
+/// Advisory lock key that serializes [`Store::record_staleness`] and the fleet episodes: two
+/// instances (or a timer tick racing a post-cycle call) evaluate one after the other, so the
+/// second sees the first's episodes and fires nothing again.
 pub const ALERT_LOCK: i64 = 0x5CA5_0004;
 
 /// What one staleness evaluation changed and saw; the counts feed the agent metrics.
@@ -39,32 +38,62 @@ pub struct Evaluation {
 #[derive(Debug, Clone)]
 pub struct OutboxEvent {
     pub event_id: i64,
-    pub episode_id: i64,
     /// Earlier failed attempts; 0 the first time the event is taken.
     pub attempts: i32,
-    pub event: AlertEvent,
+    pub event: Notification,
 }
 
-/// An outbox event held under a row lock until it is marked delivered or rescheduled.
-/// Dropping it unmarked (a crash, a cancelled task) releases it untouched for the next try.
-pub struct ClaimedEvent {
+/// Outbox events held under row locks until they are marked delivered or rescheduled, all
+/// together. Dropping the batch unmarked (a crash, a cancelled task) releases it untouched
+/// for the next try.
+pub struct ClaimedBatch {
     tx: Transaction<'static, Postgres>,
-    pub event: OutboxEvent,
+    pub events: Vec<OutboxEvent>,
 }
 
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
     event_id: i64,
-    episode_id: i64,
     attempts: i32,
-    payload: Json<AlertEvent>,
+    /// The payload's text, parsed by the type its episode column says.
+    payload: String,
+    fleet: bool,
 }
 
+impl OutboxRow {
+    fn into_event(self) -> Result<OutboxEvent, sqlx::Error> {
+        let event = if self.fleet {
+            serde_json::from_str(&self.payload).map(Notification::Fleet)
+        } else {
+            serde_json::from_str(&self.payload).map(Notification::Agent)
+        };
+        let event = event.map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        Ok(OutboxEvent { event_id: self.event_id, attempts: self.attempts, event })
+    }
+}
+
+/// Most episodes one statement of [`Store::record_staleness`] opens, repeats or resolves: a
+/// storm of 100,000 agents turning stale at once becomes twenty statements that each stay
+/// well under sqlx's slow-statement threshold (1 s), also on a busy machine.
+const EVALUATION_CHUNK: usize = 5_000;
+
+/// What one chunk of stale agents did.
 #[derive(sqlx::FromRow)]
-struct Counts {
+struct StaleChunk {
     fired: i64,
-    resolved: i64,
     repeated: i64,
+}
+
+/// The payload of a stale-agent event (an [`crate::alerts::AlertEvent`]), from the
+/// statement's `ev` (the episode and the event) and `s` (the agent's state row).
+macro_rules! agent_event_payload {
+    () => {
+        "jsonb_build_object(
+             'status', ev.kind, 'agent_id', ev.agent_id,
+             'computer_dns_name', s.computer_dns_name, 'last_seen', s.last_seen,
+             'missing_since', s.missing_since, 'stale_since', ev.stale_since,
+             'fired_at', ev.started_at, 'resolved_at', ev.resolved_at, 'repeat', ev.repeat)"
+    };
 }
 
 #[derive(sqlx::FromRow)]
@@ -76,6 +105,18 @@ struct Census {
 
 fn unsigned(n: i64) -> u64 {
     n.try_into().unwrap_or_default()
+}
+
+/// A transaction holding [`ALERT_LOCK`]: every writer of episodes (stale agents here, fleets
+/// in `super::fleet`) takes it first.
+pub(super) async fn lock_alerts(store: &Store) -> Result<Transaction<'static, Postgres>, StoreError> {
+    let mut tx = store.pool.begin().await.during("starting an alert episode transaction")?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ALERT_LOCK)
+        .execute(&mut *tx)
+        .await
+        .during("waiting for the alert lock")?;
+    Ok(tx)
 }
 
 impl Store {
@@ -91,80 +132,119 @@ impl Store {
         stale_after: Duration,
         repeat_interval: Duration,
     ) -> Result<Evaluation, StoreError> {
-        let mut tx = self.pool.begin().await.during("starting the staleness transaction")?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(ALERT_LOCK)
-            .execute(&mut *tx)
+        let mut tx = lock_alerts(self).await?;
+        // In chunks, each statement's work bounded by EVALUATION_CHUNK, and no statement
+        // joins two CTEs (the planner may take each for one row and nest-loop them): the
+        // payload columns come from probes of the state table's primary key. Each statement
+        // re-checks staleness in its own snapshot, so an agent that turned fresh meanwhile is
+        // left alone, and the unique index on open episodes (ON CONFLICT) keeps one open
+        // episode per agent whatever the planner estimates.
+        let mut resolved = 0;
+        loop {
+            let done: i64 = sqlx::query_scalar(concat!(
+                "WITH due AS (
+                     SELECT e.episode_id
+                     FROM stale_episodes e JOIN scan_agent_state s ON s.agent_id = e.agent_id
+                     WHERE e.resolved_at IS NULL AND s.missing_since IS NULL
+                       AND s.last_seen >= $1 - $2::interval
+                     LIMIT $3
+                 ),
+                 ev AS (
+                     UPDATE stale_episodes e SET resolved_at = greatest($1, e.started_at)
+                     FROM due WHERE e.episode_id = due.episode_id
+                     RETURNING e.episode_id, e.agent_id, 'resolved'::text AS kind, e.started_at,
+                               e.stale_since, e.resolved_at, false AS repeat
+                 ),
+                 queued AS (
+                     INSERT INTO alert_outbox (episode_id, agent_id, kind, payload, created_at, next_attempt_at)
+                     SELECT ev.episode_id, ev.agent_id, ev.kind, ",
+                agent_event_payload!(),
+                ", $1, $1
+                     FROM ev JOIN scan_agent_state s ON s.agent_id = ev.agent_id
+                     ORDER BY ev.agent_id
+                     RETURNING 1
+                 )
+                 SELECT count(*) FROM queued"
+            ))
+            .bind(now)
+            .bind(stale_after)
+            .bind(EVALUATION_CHUNK as i64)
+            .fetch_one(&mut *tx)
             .await
-            .during("waiting for the alert lock")?;
-        // One statement, so its CTEs share one snapshot: an agent is either fresh (resolve)
-        // or stale (repeat, open), never both; the payload is built in one place.
-        let counts: Counts = sqlx::query_as(
-            "WITH status AS (
-                 SELECT agent_id, computer_dns_name, last_seen, missing_since,
-                        (missing_since IS NOT NULL OR last_seen < $1 - $2::interval) AS stale
-                 FROM scan_agents
-             ),
-             resolved AS (
-                 UPDATE stale_episodes e SET resolved_at = greatest($1, e.started_at)
-                 FROM status s
-                 WHERE s.agent_id = e.agent_id AND e.resolved_at IS NULL AND NOT s.stale
-                 RETURNING e.episode_id, e.agent_id, 'resolved'::text AS kind, e.started_at,
-                           e.stale_since, e.resolved_at, false AS repeat
-             ),
-             repeated AS (
-                 UPDATE stale_episodes e SET last_notified_at = $1
-                 FROM status s
-                 WHERE $3::interval > interval '0' AND s.agent_id = e.agent_id AND s.stale
-                   AND e.resolved_at IS NULL AND e.last_notified_at <= $1 - $3::interval
-                   AND NOT EXISTS (SELECT 1 FROM alert_outbox o
-                                   WHERE o.episode_id = e.episode_id AND o.delivered_at IS NULL)
-                 RETURNING e.episode_id, e.agent_id, 'firing'::text, e.started_at,
-                           e.stale_since, e.resolved_at, true
-             ),
-             opened AS (
-                 INSERT INTO stale_episodes (agent_id, started_at, stale_since, last_notified_at)
-                 SELECT s.agent_id, $1, least(s.last_seen + $2::interval, s.missing_since), $1
-                 FROM status s
-                 WHERE s.stale AND NOT EXISTS (SELECT 1 FROM stale_episodes e
-                                               WHERE e.agent_id = s.agent_id AND e.resolved_at IS NULL)
-                 RETURNING episode_id, agent_id, 'firing'::text, started_at, stale_since,
-                           resolved_at, false
-             ),
-             events AS (
-                 SELECT * FROM resolved UNION ALL SELECT * FROM repeated UNION ALL SELECT * FROM opened
-             ),
-             queued AS (
-                 INSERT INTO alert_outbox (episode_id, agent_id, kind, payload, created_at, next_attempt_at)
-                 SELECT ev.episode_id, ev.agent_id, ev.kind,
-                        jsonb_build_object(
-                            'status', ev.kind, 'agent_id', ev.agent_id,
-                            'computer_dns_name', s.computer_dns_name, 'last_seen', s.last_seen,
-                            'missing_since', s.missing_since, 'stale_since', ev.stale_since,
-                            'fired_at', ev.started_at, 'resolved_at', ev.resolved_at,
-                            'repeat', ev.repeat),
-                        $1, $1
-                 FROM events ev JOIN status s USING (agent_id)
-                 ORDER BY ev.agent_id
-                 RETURNING kind, (payload ->> 'repeat')::bool AS repeat
-             )
-             SELECT count(*) FILTER (WHERE kind = 'firing' AND NOT repeat) AS fired,
-                    count(*) FILTER (WHERE kind = 'resolved') AS resolved,
-                    count(*) FILTER (WHERE repeat) AS repeated
-             FROM queued",
+            .during("resolving stale episodes and queueing their alerts")?;
+            resolved += done;
+            if done < EVALUATION_CHUNK as i64 {
+                break;
+            }
+        }
+        // The stale agents, found by one scan of the narrow state table; then their
+        // episodes, a chunk of agents per statement.
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT agent_id FROM scan_agent_state
+             WHERE missing_since IS NOT NULL OR last_seen < $1 - $2::interval",
         )
         .bind(now)
         .bind(stale_after)
-        .bind(repeat_interval)
-        .fetch_one(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
-        .during("recording stale episodes and queueing their alerts")?;
+        .during("finding stale agents")?;
+        let (mut fired, mut repeated) = (0, 0);
+        for chunk in stale.chunks(EVALUATION_CHUNK) {
+            let done: StaleChunk = sqlx::query_as(concat!(
+                "WITH stale AS (
+                     SELECT agent_id, last_seen, missing_since
+                     FROM scan_agent_state
+                     WHERE agent_id = ANY($4) AND (missing_since IS NOT NULL OR last_seen < $1 - $2::interval)
+                 ),
+                 repeated AS (
+                     UPDATE stale_episodes e SET last_notified_at = $1
+                     FROM stale s
+                     WHERE $3::interval > interval '0' AND s.agent_id = e.agent_id
+                       AND e.resolved_at IS NULL AND e.last_notified_at <= $1 - $3::interval
+                       AND NOT EXISTS (SELECT 1 FROM alert_outbox o
+                                       WHERE o.episode_id = e.episode_id AND o.delivered_at IS NULL)
+                     RETURNING e.episode_id, e.agent_id, 'firing'::text AS kind, e.started_at,
+                               e.stale_since, e.resolved_at, true AS repeat
+                 ),
+                 opened AS (
+                     INSERT INTO stale_episodes (agent_id, started_at, stale_since, last_notified_at)
+                     SELECT s.agent_id, $1, least(s.last_seen + $2::interval, s.missing_since), $1
+                     FROM stale s
+                     ON CONFLICT (agent_id) WHERE resolved_at IS NULL DO NOTHING
+                     RETURNING episode_id, agent_id, 'firing'::text, started_at, stale_since,
+                               resolved_at, false
+                 ),
+                 ev AS (SELECT * FROM repeated UNION ALL SELECT * FROM opened),
+                 queued AS (
+                     INSERT INTO alert_outbox (episode_id, agent_id, kind, payload, created_at, next_attempt_at)
+                     SELECT ev.episode_id, ev.agent_id, ev.kind, ",
+                agent_event_payload!(),
+                ", $1, $1
+                     FROM ev JOIN scan_agent_state s ON s.agent_id = ev.agent_id
+                     ORDER BY ev.agent_id
+                     RETURNING (payload ->> 'repeat')::bool AS repeat
+                 )
+                 SELECT count(*) FILTER (WHERE NOT repeat) AS fired,
+                        count(*) FILTER (WHERE repeat) AS repeated
+                 FROM queued"
+            ))
+            .bind(now)
+            .bind(stale_after)
+            .bind(repeat_interval)
+            .bind(chunk)
+            .fetch_one(&mut *tx)
+            .await
+            .during("recording stale episodes and queueing their alerts")?;
+            fired += done.fired;
+            repeated += done.repeated;
+        }
+        // Read-only, so PostgreSQL may scan in parallel; the same snapshot rules as the view.
         let census: Census = sqlx::query_as(
             "SELECT count(*) AS tracked,
                     count(*) FILTER (WHERE missing_since IS NOT NULL OR last_seen < $1 - $2::interval)
                         AS stale_now,
                     count(*) FILTER (WHERE missing_since IS NOT NULL) AS missing_now
-             FROM scan_agents",
+             FROM scan_agent_state",
         )
         .bind(now)
         .bind(stale_after)
@@ -173,73 +253,87 @@ impl Store {
         .during("counting stale agents")?;
         tx.commit().await.during("committing stale episodes")?;
         Ok(Evaluation {
-            fired: unsigned(counts.fired),
-            resolved: unsigned(counts.resolved),
-            repeated: unsigned(counts.repeated),
+            fired: unsigned(fired),
+            resolved: unsigned(resolved),
+            repeated: unsigned(repeated),
             stale_now: unsigned(census.stale_now),
             missing_now: unsigned(census.missing_now),
             tracked: unsigned(census.tracked),
         })
     }
 
-    /// Takes the next notification due at `now`, locked against other senders (they skip
-    /// it). An agent's notifications go out in the order they were queued: an event waits
-    /// while an earlier one of the same agent is undelivered, so a receiver never sees a
-    /// resolve before its firing.
-    pub async fn claim_alert(&self, now: DateTime<Utc>) -> Result<Option<ClaimedEvent>, StoreError> {
+    /// Takes up to `limit` notifications due at `now`, locked against other senders (they
+    /// skip them). Each ordering key (an agent, or a tenant's fleet) has its notifications go
+    /// out in the order they were queued: an event waits while an earlier one of the same key
+    /// is undelivered, so a receiver never sees a resolve before its firing, and a batch
+    /// holds at most one event per key. None when nothing is due.
+    pub async fn claim_alerts(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
         let mut tx = self.pool.begin().await.during("starting an alert delivery transaction")?;
-        let row: Option<OutboxRow> = sqlx::query_as(
-            "SELECT o.event_id, o.episode_id, o.attempts, o.payload
+        // Walks alert_outbox_due_idx in its order and stops after `limit` rows, probing
+        // alert_outbox_agent_pending_idx once per row: the cost follows the batch, not the
+        // backlog (BENCHMARKS.md, "Alert storms").
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT o.event_id, o.attempts, o.payload::text AS payload,
+                    o.fleet_episode_id IS NOT NULL AS fleet
              FROM alert_outbox o
              WHERE o.delivered_at IS NULL AND o.next_attempt_at <= $1
                AND NOT EXISTS (SELECT 1 FROM alert_outbox p
                                WHERE p.agent_id = o.agent_id AND p.delivered_at IS NULL
                                  AND p.event_id < o.event_id)
              ORDER BY o.next_attempt_at, o.event_id
-             LIMIT 1
+             LIMIT $2
              FOR UPDATE OF o SKIP LOCKED",
         )
         .bind(now)
-        .fetch_optional(&mut *tx)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
         .await
-        .during("taking a due alert from the outbox")?;
-        Ok(row.map(|row| ClaimedEvent {
-            tx,
-            event: OutboxEvent {
-                event_id: row.event_id,
-                episode_id: row.episode_id,
-                attempts: row.attempts,
-                event: row.payload.0,
-            },
-        }))
+        .during("taking due alerts from the outbox")?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let events = rows
+            .into_iter()
+            .map(OutboxRow::into_event)
+            .collect::<Result<_, _>>()
+            .during("reading a queued alert's payload")?;
+        Ok(Some(ClaimedBatch { tx, events }))
     }
 }
 
-impl ClaimedEvent {
-    /// Marks the event delivered and commits at once, keeping the window in which a crash
-    /// could resend it as short as possible.
+impl ClaimedBatch {
+    fn event_ids(&self) -> Vec<i64> {
+        self.events.iter().map(|e| e.event_id).collect()
+    }
+
+    /// Marks the whole batch delivered in one statement and commits at once, keeping the
+    /// window in which a crash could resend it as short as possible.
     pub async fn delivered(mut self, at: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE alert_outbox SET delivered_at = $2, last_error = NULL WHERE event_id = $1")
-            .bind(self.event.event_id)
+        sqlx::query("UPDATE alert_outbox SET delivered_at = $2, last_error = NULL WHERE event_id = ANY($1)")
+            .bind(self.event_ids())
             .bind(at)
             .execute(&mut *self.tx)
             .await
-            .during("marking an alert delivered")?;
+            .during("marking alerts delivered")?;
         self.tx.commit().await.during("committing an alert delivery")
     }
 
-    /// Counts a failed attempt and schedules the next one.
+    /// Counts a failed attempt of every event of the batch and schedules the next one.
     pub async fn retry_at(mut self, next_attempt_at: DateTime<Utc>, error: &str) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE alert_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3
-             WHERE event_id = $1",
+             WHERE event_id = ANY($1)",
         )
-        .bind(self.event.event_id)
+        .bind(self.event_ids())
         .bind(next_attempt_at)
         .bind(error)
         .execute(&mut *self.tx)
         .await
-        .during("rescheduling an alert")?;
+        .during("rescheduling alerts")?;
         self.tx.commit().await.during("committing an alert retry")
     }
 }

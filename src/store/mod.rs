@@ -14,6 +14,7 @@
 
 pub mod alerts;
 pub mod apply;
+pub mod fleet;
 pub mod history;
 pub mod invariants;
 pub mod leader_lock;

@@ -40,6 +40,15 @@ impl Store {
             .during("reading every agent's lastSeen")
     }
 
+    /// The `last_seen` of every agent stale now, by `stale_scan_agents`, for the per-agent
+    /// metric when `http.agent_series = "stale"`.
+    pub async fn stale_last_seen(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        sqlx::query_as("SELECT agent_id, last_seen FROM stale_scan_agents ORDER BY agent_id")
+            .fetch_all(&self.pool)
+            .await
+            .during("reading stale agents' lastSeen")
+    }
+
     /// The agents stale now, longest stale first.
     pub async fn stale_agents(&self) -> Result<Vec<StaleAgent>, StoreError> {
         sqlx::query_as(
