@@ -320,7 +320,8 @@ impl Daemon {
                 tracing::error!(%error, "evaluating stale agents failed; retrying at the next check")
             }
         }
-        if let Err(error) = refresh_agent_series(store, &self.metrics, self.settings.http.agent_series).await {
+        if let Err(error) = refresh_agent_series(store, &self.metrics, self.settings.http.agent_series).await
+        {
             tracing::warn!(%error, "reading lastSeen for the per-agent metrics failed");
         }
     }

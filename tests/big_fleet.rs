@@ -128,7 +128,7 @@ async fn pages_are_visible_before_the_list_ends() {
 async fn a_list_cycle_killed_between_pages_marks_nothing_missing() {
     let options = SimulatorOptions { page_size: 5, ..SimulatorOptions::frozen(40) };
     let fixture = Fixture::with_simulator(options, 40).await;
-    let config = DaemonConfig::default();
+    let config = DaemonConfig { fetch_mode: "list", ..DaemonConfig::default() };
     let sync = |fixture: &Fixture| support::output(&mut fixture.command(&config, 0, "sync"));
     assert!(sync(&fixture).status.success());
     let first: chrono::DateTime<chrono::Utc> =

@@ -54,7 +54,7 @@ fn seed() -> u64 {
 }
 
 fn daemon_config() -> DaemonConfig {
-    DaemonConfig { cron: "* * * * * *".to_owned(), max_in_flight: 4, windows: vec![WINDOW] }
+    DaemonConfig { cron: "* * * * * *".to_owned(), windows: vec![WINDOW], ..DaemonConfig::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -27,6 +29,7 @@ impl Syncer {
     pub(super) async fn by_id_cycle(
         &self,
         ids: Vec<AgentId>,
+        since: DateTime<Utc>,
         options: &CycleOptions,
         progress: &mut Progress,
     ) -> Result<(), StoreError> {
@@ -102,7 +105,7 @@ impl Syncer {
             );
         }
         progress.complete = true;
-        self.mark_not_found(not_found, options, progress).await
+        self.mark_not_found(not_found, since, options, progress).await
     }
 
     /// Marks the agents that answered 404, unless the guard refuses: when most answers are
@@ -110,6 +113,7 @@ impl Syncer {
     async fn mark_not_found(
         &self,
         not_found: Vec<AgentId>,
+        since: DateTime<Utc>,
         options: &CycleOptions,
         progress: &mut Progress,
     ) -> Result<(), StoreError> {
@@ -129,7 +133,7 @@ impl Syncer {
                 Ok(())
             }
             Verdict::Refuse { error, alert } => {
-                self.refuse_missing(error, alert, (vanishing, answered), options, progress).await
+                self.refuse_missing(error, alert, (vanishing, answered), since, options, progress).await
             }
         }
     }

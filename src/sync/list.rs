@@ -122,7 +122,8 @@ impl Syncer {
                 }
             },
             Verdict::Refuse { error, alert } => {
-                self.refuse_missing(error, alert, (vanishing, absence.known), options, progress).await?;
+                self.refuse_missing(error, alert, (vanishing, absence.known), since, options, progress)
+                    .await?;
             }
         }
         Ok(())

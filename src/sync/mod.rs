@@ -155,7 +155,7 @@ impl Syncer {
         let mut progress = Progress::default();
         let outcome = match mode {
             FetchMode::List => self.list_cycle(&ids, targets.track_all, since, options, &mut progress).await,
-            _ => self.by_id_cycle(ids, options, &mut progress).await,
+            _ => self.by_id_cycle(ids, since, options, &mut progress).await,
         };
         let apply_error = outcome.err();
         if let Some(error) = &apply_error {
@@ -273,19 +273,20 @@ impl Syncer {
 
     /// The guard refused to mark `vanishing` of `known` agents missing: the run fails with
     /// `error`, and (outside dry runs) one fleet alert opens when `alert` says the answers
-    /// look like another fleet's.
+    /// look like another fleet's. The episode starts with the cycle (`since`) that saw it, so
+    /// the agents that cycle stored first are not counted as known while it lasts.
     async fn refuse_missing(
         &self,
         error: String,
         alert: bool,
         (vanishing, known): (u64, u64),
+        since: DateTime<Utc>,
         options: &CycleOptions,
         progress: &mut Progress,
     ) -> Result<(), StoreError> {
         tracing::error!("{error}");
         if alert && !options.dry_run {
-            let now = self.store.clock().await?;
-            self.store.fleet_vanished(&self.tenant, vanishing, known, &error, now).await?;
+            self.store.fleet_vanished(&self.tenant, vanishing, known, &error, since).await?;
         }
         progress.refused = true;
         progress.fleet_vanished = alert;

@@ -45,11 +45,18 @@ pub struct DaemonConfig {
     pub max_in_flight: usize,
     /// `rate_limit.windows`; empty leaves the product's defaults.
     pub windows: Vec<RateWindow>,
+    /// `defender.fetch_mode`.
+    pub fetch_mode: &'static str,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        DaemonConfig { cron: "*/2 * * * * *".to_owned(), max_in_flight: 4, windows: Vec::new() }
+        DaemonConfig {
+            cron: "*/2 * * * * *".to_owned(),
+            max_in_flight: 4,
+            windows: Vec::new(),
+            fetch_mode: "by-id",
+        }
     }
 }
 
@@ -129,7 +136,7 @@ impl Fixture {
             false => format!("windows = [{}]\n", windows.join(", ")),
         };
         format!(
-            "{defender}fetch_mode = \"by-id\"\n\n\
+            "{defender}fetch_mode = \"{mode}\"\n\n\
              [rate_limit]\nmax_in_flight = {in_flight}\n{windows}\n\
              [agents]\nids_file = {ids:?}\n\n\
              [schedule]\ncron = \"{cron}\"\n\n\
@@ -137,6 +144,7 @@ impl Fixture {
              [http]\nlisten = \"127.0.0.1:{port}\"\n\n\
              [log]\nformat = \"json\"\n",
             defender = self.sim.defender_config(),
+            mode = config.fetch_mode,
             in_flight = config.max_in_flight,
             ids = self.ids_file.to_str().expect("a UTF-8 temporary path"),
             cron = config.cron,
