@@ -31,18 +31,26 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// One tenant: every agent ID starts with the same organization GUID, as in a real fleet.
 const ORG_GUID: &str = "47df41a0-c0a5-4fd6-93bb-a93dbc0bfcaa";
 
-/// The four situations a sync cycle meets, from first import to a fleet-wide upgrade.
+/// The situations a sync cycle meets, from first import to a fleet-wide upgrade; `Steady`
+/// is the everyday cycle of a live fleet: every agent reported in since the last cycle
+/// (a new lastSeen), and 1% of them upgraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Workload {
     AllNew,
     NoneChanged,
     TenthChanged,
     AllChanged,
+    Steady,
 }
 
 impl Workload {
-    const ALL: [Workload; 4] =
-        [Workload::AllNew, Workload::NoneChanged, Workload::TenthChanged, Workload::AllChanged];
+    const ALL: [Workload; 5] = [
+        Workload::AllNew,
+        Workload::NoneChanged,
+        Workload::TenthChanged,
+        Workload::AllChanged,
+        Workload::Steady,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -50,16 +58,19 @@ impl Workload {
             Workload::NoneChanged => "none changed",
             Workload::TenthChanged => "10% changed",
             Workload::AllChanged => "all changed",
+            Workload::Steady => "steady (all seen, 1% upgraded)",
         }
     }
 
-    /// The payload generation agent `i` reports in this workload's timed batch; the stored
-    /// base fleet is generation 0, a later generation means a new version and lastSeen.
-    fn generation(self, i: usize) -> u32 {
+    /// The payload generations agent `i` reports in this workload's timed batch, of its
+    /// lastSeen and of its version; the stored base fleet is generation 0 of both.
+    fn generation(self, i: usize) -> Generation {
+        let both = |g| Generation { seen: g, version: g };
         match self {
-            Workload::AllNew | Workload::NoneChanged => 0,
-            Workload::TenthChanged => u32::from(i % 10 == 0),
-            Workload::AllChanged => 1,
+            Workload::AllNew | Workload::NoneChanged => both(0),
+            Workload::TenthChanged => both(u32::from(i % 10 == 0)),
+            Workload::AllChanged => both(1),
+            Workload::Steady => Generation { seen: 1, version: u32::from(i % 100 == 0) },
         }
     }
 
@@ -67,13 +78,22 @@ impl Workload {
     /// baseline does exactly the engine's work, so the comparison is fair.
     fn expected_counts(self, n: usize) -> (i64, i64, i64) {
         let n = n as i64;
-        let changed = match self {
-            Workload::AllNew | Workload::NoneChanged => 0,
-            Workload::TenthChanged => (n + 9) / 10,
-            Workload::AllChanged => n,
+        let (upgraded, seen) = match self {
+            Workload::AllNew | Workload::NoneChanged => (0, 0),
+            Workload::TenthChanged => ((n + 9) / 10, (n + 9) / 10),
+            Workload::AllChanged => (n, n),
+            Workload::Steady => ((n + 99) / 100, n),
         };
-        (n, n + changed, n + changed)
+        (n, n + upgraded, n + seen)
     }
+}
+
+/// Which payload an agent reports: a later `seen` means a later lastSeen, a later `version`
+/// a new scanner version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Generation {
+    seen: u32,
+    version: u32,
 }
 
 /// Command-line options after cargo's own `--bench` flag.
@@ -143,23 +163,23 @@ fn api_timestamp(at: DateTime<Utc>, seed: u64) -> String {
 
 /// One agent as the API returns it, documented fields in the documented mixed case, plus a
 /// field the service does not know (kept in `raw`).
-fn payload(i: usize, generation: u32) -> Value {
+fn payload(i: usize, generation: Generation) -> Value {
     let machine = machine_hex(i);
     let base = Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap();
     let spread = chrono::Duration::seconds((i % 86_400) as i64);
-    let last_seen = base + spread + chrono::Duration::hours(i64::from(generation) * 6);
+    let last_seen = base + spread + chrono::Duration::hours(i64::from(generation.seen) * 6);
     let command = base + spread - chrono::Duration::hours(1);
     let app = mix(i as u64 ^ 0xA5A5);
     json!({
         "id": format!("{ORG_GUID}_{machine}"),
         "machineId": machine,
-        "lastSeen": api_timestamp(last_seen, mix(i as u64 ^ (u64::from(generation) << 32))),
+        "lastSeen": api_timestamp(last_seen, mix(i as u64 ^ (u64::from(generation.seen) << 32))),
         "computerDnsName": format!("wks-{i:06}.corp.contoso.com"),
         "AssignedApplicationId": format!(
             "{:08X}-{:04X}-4{:03X}-8{:03X}-{:012X}",
             app >> 32, (app >> 16) & 0xFFFF, app & 0xFFF, (app >> 12) & 0xFFF, mix(app) & 0xFFFF_FFFF_FFFF
         ),
-        "ScannerSoftwareVersion": format!("7.{}.{}", 1 + generation, i % 3),
+        "ScannerSoftwareVersion": format!("7.{}.{}", 1 + generation.version, i % 3),
         "LastCommandExecutionTimestamp": api_timestamp(command, mix(i as u64)),
         "mdeClientVersion": "10.8295.22621.1195",
         "scanHealth": {"status": "Healthy", "lastErrorCode": null, "networksScanned": i % 7},
@@ -167,7 +187,7 @@ fn payload(i: usize, generation: u32) -> Value {
 }
 
 /// The batch a workload applies, parsed as the sync cycle would parse it.
-fn batch(n: usize, generation: impl Fn(usize) -> u32) -> Vec<AgentRecord> {
+fn batch(n: usize, generation: impl Fn(usize) -> Generation) -> Vec<AgentRecord> {
     (0..n)
         .map(|i| AgentRecord::from_json(payload(i, generation(i))).expect("generated payloads are valid"))
         .collect()
@@ -191,7 +211,10 @@ async fn establish(store: &Store, workload: Workload, n: usize) -> anyhow::Resul
     .await
     .context("truncating the agent tables")?;
     if workload != Workload::AllNew {
-        store.apply(batch(n, |_| 0), &[]).await.context("loading the base fleet")?;
+        store
+            .apply(batch(n, |i| Workload::NoneChanged.generation(i)), &[])
+            .await
+            .context("loading the base fleet")?;
     }
     sqlx::raw_sql(
         "VACUUM ANALYZE scan_agent_state, scan_agent_payloads, scan_agent_version_history,

@@ -47,6 +47,8 @@ pub struct DaemonConfig {
     pub windows: Vec<RateWindow>,
     /// `defender.fetch_mode`.
     pub fetch_mode: &'static str,
+    /// `alerts.webhook_url`; None leaves alerts in the log.
+    pub webhook_url: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -56,6 +58,7 @@ impl Default for DaemonConfig {
             max_in_flight: 4,
             windows: Vec::new(),
             fetch_mode: "by-id",
+            webhook_url: None,
         }
     }
 }
@@ -142,6 +145,7 @@ impl Fixture {
              [schedule]\ncron = \"{cron}\"\n\n\
              [database]\nurl = \"{url}\"\n\n\
              [http]\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [alerts]\nwebhook_url = \"{webhook}\"\n\n\
              [log]\nformat = \"json\"\n",
             defender = self.sim.defender_config(),
             mode = config.fetch_mode,
@@ -149,6 +153,7 @@ impl Fixture {
             ids = self.ids_file.to_str().expect("a UTF-8 temporary path"),
             cron = config.cron,
             url = self.database_url,
+            webhook = config.webhook_url.as_deref().unwrap_or_default(),
         )
     }
 
