@@ -11,6 +11,7 @@ mod de;
 mod defender;
 mod error;
 mod exposure;
+mod retention;
 mod show;
 mod url;
 
@@ -26,6 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use self::agents::{AgentsSettings, parse_ids_file};
 pub use self::defender::{Cloud, DefenderSettings, FetchMode};
 pub use self::error::{ConfigError, ConfigProblem};
+pub use self::retention::{Keep, LEDGER_MARGIN, RetentionSettings, ledger_keep};
 pub(crate) use self::url::redact_url;
 use self::url::{PlainHttp, check_http_url};
 use crate::rate_window::RateWindow;
@@ -57,6 +59,8 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Log output.
     pub log: LogSettings,
+    /// How long history is kept.
+    pub retention: RetentionSettings,
     /// Problems worth an operator's attention that do not stop the service, such as a
     /// password in a config file every local user may read; logged once logging starts.
     pub warnings: Vec<String>,
@@ -294,7 +298,8 @@ impl Settings {
         let alerts = finish("alerts", raw.alerts, env, &mut problems);
         let http = finish("http", raw.http, env, &mut problems);
         let log = finish("log", raw.log, env, &mut problems);
-        match (defender, rate_limit, agents, schedule, database, stale, alerts, http, log) {
+        let retention = finish("retention", raw.retention, env, &mut problems);
+        match (defender, rate_limit, agents, schedule, database, stale, alerts, http, log, retention) {
             (
                 Some(defender),
                 Some(rate_limit),
@@ -305,6 +310,7 @@ impl Settings {
                 Some(alerts),
                 Some(http),
                 Some(log),
+                Some(retention),
             ) if problems.is_empty() => Ok(Settings {
                 defender,
                 rate_limit,
@@ -315,6 +321,7 @@ impl Settings {
                 alerts,
                 http,
                 log,
+                retention,
                 warnings: Vec::new(),
             }),
             _ => Err(ConfigError::new(problems)),
@@ -405,6 +412,7 @@ struct RawSettings {
     alerts: Section<AlertSettings>,
     http: Section<HttpSettings>,
     log: Section<LogSettings>,
+    retention: Section<RetentionSettings>,
 }
 
 /// `[database]` as written; `url` may instead come from `DATABASE_URL`.
