@@ -418,3 +418,45 @@ async fn the_job_runs_at_once_counts_what_it_deleted_and_stops_when_cancelled() 
         "{exposition}"
     );
 }
+
+#[tokio::test]
+async fn an_agent_that_only_reported_in_leaves_its_payload_row_alone() {
+    let pool = support::fresh_pool().await;
+    let store = Store::from_pool(pool.clone());
+    let report = |seen: &str| {
+        AgentRecord::from_json(json!({
+            "id": "agent-1",
+            "LastSeen": seen,
+            "lastCommandExecutionTimestamp": "2026-01-01T00:00:00Z",
+            "computerDnsName": "host.example",
+            "scanHealth": {"status": "Healthy"},
+        }))
+        .unwrap()
+    };
+    let payload_row = async || -> (String, String) {
+        sqlx::query_as("SELECT xmin::text, raw::text FROM scan_agent_payloads")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let raw = async || -> serde_json::Value {
+        sqlx::query_scalar("SELECT raw FROM scan_agents").fetch_one(&pool).await.unwrap()
+    };
+    store.apply(vec![report("2026-12-01T10:00:00.1234567Z")], &[]).await.unwrap();
+    let (first_version, stored) = payload_row().await;
+    assert!(!stored.contains("2026-12-01"), "the time members are stored apart: {stored}");
+
+    // Reporting in again changes lastSeen only: the payload row is not rewritten, and raw
+    // is the new payload as received, original strings (seven digits, member case) kept.
+    store.apply(vec![report("2026-12-01T10:15:00.7654321Z")], &[]).await.unwrap();
+    assert_eq!(payload_row().await.0, first_version);
+    assert_eq!(raw().await, report("2026-12-01T10:15:00.7654321Z").raw);
+
+    // Any other change rewrites it.
+    let mut changed = report("2026-12-01T10:30:00Z");
+    changed.raw["scanHealth"]["status"] = json!("Degraded");
+    let expected = changed.raw.clone();
+    store.apply(vec![changed], &[]).await.unwrap();
+    assert_ne!(payload_row().await.0, first_version);
+    assert_eq!(raw().await, expected);
+}
