@@ -2,11 +2,17 @@
 # WAL and table growth per steady sync cycle (issue 15, BENCHMARKS.md "Retention and growth").
 #
 # Starts the bundled simulator as its own process (AGENTS agents, pages of 10,000, every
-# live agent reporting in every EVOLVE), imports the fleet with one `sync` in list mode
-# (track_all), then runs CYCLES steady cycles with `sync`, each one EVOLVE after the last so
-# every live agent's lastSeen (and lastCommandExecutionTimestamp) has moved. Per cycle it
-# prints the WAL written (pg_current_wal_lsn() before/after) and the growth of each table
-# (pg_total_relation_size: heap, indexes, TOAST; for scan_agent_last_seen all partitions).
+# live agent reporting in every EVOLVE seconds, none upgrading or vanishing), imports the
+# fleet with one `sync` in list mode (track_all), then runs CYCLES steady cycles with
+# `sync`, each one EVOLVE after the last so every live agent's lastSeen (and
+# lastCommandExecutionTimestamp) has moved. Per cycle it prints the WAL the cycle wrote to
+# this database, per table (indexes and TOAST counted with their table, partitions with
+# their parent), and the growth of each table (pg_total_relation_size).
+#
+# The server's WAL is shared with whatever else runs on it, so pg_current_wal_lsn() before
+# and after a cycle counts other databases too: the script reads the cycle's WAL back with
+# pg_waldump and counts the records (full-page images included) whose first block belongs
+# to this database. Records without a block (commits) are left out: a few bytes each.
 #
 # CHECKPOINT=1 (default) runs CHECKPOINT before each cycle: with the default
 # checkpoint_timeout (5 min) a 15-minute schedule meets a checkpoint between any two cycles,
@@ -15,9 +21,10 @@
 #
 # Usage: BIN=target/release/scan-agent-sync scripts/steady_cycle_growth.sh
 #        AGENTS=10000 CYCLES=3 scripts/steady_cycle_growth.sh
-# Needs: psql, PostgreSQL at DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)
-# where this user may CREATE DATABASE and run CHECKPOINT. The database is BENCH_DB (default
-# ret_growth), dropped and rebuilt.
+# Needs: psql and pg_waldump (WALDUMP, default /usr/lib/postgresql/15/bin/pg_waldump) on the
+# database server's host with read access to its pg_wal; PostgreSQL at DATABASE_URL (default
+# postgres://postgres@127.0.0.1:5432/postgres) where this user may CREATE DATABASE and run
+# CHECKPOINT. The database is BENCH_DB (default ret_growth), dropped and rebuilt.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,12 +38,15 @@ admin_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 database=${BENCH_DB:-ret_growth}
 url=${admin_url%/*}/$database
 work=$(mktemp -d)
+waldump=${WALDUMP:-/usr/lib/postgresql/15/bin/pg_waldump}
+waldir=$(psql -X -At "$admin_url" -c "SHOW data_directory")/pg_wal
 
 psql -X -q -v ON_ERROR_STOP=1 "$admin_url" -c "DROP DATABASE IF EXISTS \"$database\"" \
     -c "CREATE DATABASE \"$database\""
 
 "$bin" -q simulate --listen "127.0.0.1:$port" --agents "$agents" --page-size 10000 \
-    --evolve-every "${evolve}s" --window 1000/1m --window 10000/1h >"$work/simulator.log" 2>&1 &
+    --evolve-every "${evolve}s" --upgrade-share 0 --deleted-share 0 \
+    --window 1000/1m --window 10000/1h >"$work/simulator.log" 2>&1 &
 simulator=$!
 trap 'kill "$simulator" 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -67,17 +77,44 @@ sleep 2
 tables="scan_agent_state scan_agent_payloads scan_agent_payload_times scan_agent_last_seen
         scan_agent_version_history sync_runs api_calls"
 sizes() {
+    # A partitioned table's size is its partitions'; pg_partition_tree has no rows for a
+    # plain table.
     local query="SELECT string_agg(coalesce((SELECT sum(pg_total_relation_size(r.relid))
-                           FROM pg_partition_tree(to_regclass(t)) r), 0)::text, ' ' ORDER BY o)
+                                             FROM pg_partition_tree(to_regclass(t)) r),
+                                            pg_total_relation_size(to_regclass(t)), 0)::text, ' ' ORDER BY o)
                  FROM unnest(string_to_array('$(echo $tables)', ' ')) WITH ORDINALITY AS u(t, o)"
     psql -X -At "$url" -c "$query"
 }
 
 "$bin" -q --config "$work/config.toml" sync >/dev/null || (($? == 2))
 echo "imported $agents agents"
-printf '%-6s %10s' cycle wal_MB
-for t in $tables; do printf ' %s' "$t"; done
-echo
+dboid=$(psql -X -At "$url" -c "SELECT oid FROM pg_database WHERE datname = current_database()")
+
+# WAL bytes of this database between two LSNs, per table: "table bytes" lines.
+wal_by_table() {
+    "$waldump" -p "$waldir" -s "$1" -e "$2" 2>/dev/null |
+        awk -v db="$dboid" '
+            match($0, /len \(rec\/tot\): *[0-9]+\/ *[0-9]+/) {
+                split(substr($0, RSTART, RLENGTH), parts, "/"); bytes = parts[3] + 0
+                if (match($0, "rel [0-9]+/" db "/[0-9]+")) {
+                    split(substr($0, RSTART, RLENGTH), rel, "/"); sum[rel[3]] += bytes
+                }
+            }
+            END { for (node in sum) print node, sum[node] }' >"$work/wal.txt"
+    psql -X -q -At -F ' ' "$url" <<SQL
+CREATE TEMP TABLE wal (node oid, bytes bigint);
+\copy wal FROM '$work/wal.txt' WITH (DELIMITER ' ')
+SELECT coalesce(t.relname, '(dropped or other)'), sum(w.bytes)
+FROM wal w
+LEFT JOIN pg_class c ON c.relfilenode = w.node
+LEFT JOIN pg_index i ON i.indexrelid = c.oid
+LEFT JOIN pg_class toast_of ON toast_of.reltoastrelid = c.oid
+LEFT JOIN pg_class t ON t.oid = coalesce(pg_partition_root(coalesce(i.indrelid, toast_of.oid, c.oid)),
+                                         coalesce(i.indrelid, toast_of.oid, c.oid))
+GROUP BY 1 ORDER BY 2 DESC;
+SQL
+}
+
 for cycle in $(seq 1 "$cycles"); do
     sleep "$evolve"
     psql -X -q "$url" -c "VACUUM" >/dev/null
@@ -85,13 +122,16 @@ for cycle in $(seq 1 "$cycles"); do
     read -r -a before <<<"$(sizes)"
     start=$(psql -X -At "$url" -c "SELECT pg_current_wal_lsn()")
     "$bin" -q --config "$work/config.toml" sync >/dev/null || (($? == 2))
-    wal=$(psql -X -At "$url" -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$start') / 1e6, 1)")
+    end=$(psql -X -At "$url" -c "SELECT pg_current_wal_lsn()")
     read -r -a after <<<"$(sizes)"
-    printf '%-6s %10s' "$cycle" "$wal"
+    echo "cycle $cycle: WAL of this database by table (MB):"
+    wal_by_table "$start" "$end" | awk '{ total += $2; printf "  %-28s %8.1f\n", $1, $2 / 1e6 }
+                                        END { printf "  %-28s %8.1f\n", "total", total / 1e6 }'
+    echo "cycle $cycle: growth by table (MB):"
     for i in "${!after[@]}"; do
-        printf ' %s' "$(awk -v a="${after[$i]}" -v b="${before[$i]}" 'BEGIN { printf "%+.1fMB", (a - b) / 1e6 }')"
+        awk -v t="$(echo $tables | cut -d' ' -f$((i + 1)))" -v a="${after[$i]}" -v b="${before[$i]}" \
+            'BEGIN { printf "  %-28s %+8.1f\n", t, (a - b) / 1e6 }'
     done
-    echo
 done
 psql -X -At "$url" -c "SELECT 'rows: last_seen ' || (SELECT count(*) FROM scan_agent_last_seen)
                               || ', state ' || (SELECT count(*) FROM scan_agent_state)"

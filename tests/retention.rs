@@ -460,3 +460,33 @@ async fn an_agent_that_only_reported_in_leaves_its_payload_row_alone() {
     assert_ne!(payload_row().await.0, first_version);
     assert_eq!(raw().await, expected);
 }
+
+fn load(toml: &str) -> Result<scan_agent_sync::config::Settings, scan_agent_sync::config::ConfigError> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("[database]\nurl = \"postgres://u@localhost/d\"\n{toml}")).unwrap();
+    scan_agent_sync::config::Settings::load_with_env(file.path(), &std::collections::HashMap::new())
+}
+
+#[test]
+fn retention_keys_take_durations_or_forever_and_name_the_key_when_wrong() {
+    let defaults = load("").unwrap().retention;
+    assert_eq!(defaults.last_seen, Keep::For(400 * DAY));
+    assert_eq!(defaults.versions, Keep::Forever);
+    assert_eq!(defaults.delivered_alerts, Keep::For(90 * DAY));
+    let custom = load("[retention]\nlast_seen = \"forever\"\nsync_runs = \"30d\"\nevery = \"10m\"").unwrap();
+    assert_eq!(custom.retention.last_seen, Keep::Forever);
+    assert_eq!(custom.retention.sync_runs, Keep::For(30 * DAY));
+    assert_eq!(custom.retention.every, Duration::from_secs(600));
+
+    let zero = load("[retention]\nversions = \"0s\"").unwrap_err().to_string();
+    assert!(zero.contains("retention.versions") && zero.contains("forever"), "{zero}");
+    let long = load("[retention]\nsync_runs = \"2000y\"").unwrap_err().to_string();
+    assert!(long.contains("retention.sync_runs") && long.contains("1000 years"), "{long}");
+    let bad = load("[retention]\nlast_seen = \"a year\"").unwrap_err().to_string();
+    assert!(bad.contains("retention.last_seen") && bad.contains("\"forever\""), "{bad}");
+
+    // check-config shows the effective retention, the ledger's included.
+    let shown = custom.redacted();
+    assert!(shown.contains("[retention]\nlast_seen = \"forever\""), "{shown}");
+    assert!(shown.contains("api_calls (the budget ledger) keeps 2h"), "{shown}");
+}

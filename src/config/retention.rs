@@ -17,6 +17,10 @@ use crate::rate_window::RateWindow;
 /// One day, the unit the defaults are written in.
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The longest horizon taken literally: PostgreSQL's timestamps start in 4713 BC, so a
+/// cutoff further back than that could not even be compared; "forever" says it plainly.
+const LONGEST: Duration = Duration::from_secs(1000 * 366 * 24 * 60 * 60);
+
 /// How much of the budget ledger (`api_calls`) is kept beyond the longest rate window: far
 /// more than the budget's guard (at most a second), so no window ever misses a call, and an
 /// hour of recent calls to audit beyond it.
@@ -116,13 +120,16 @@ impl Finish for RetentionSettings {
 
     fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self {
         for (key, keep) in self.entries() {
-            if keep == Keep::For(Duration::ZERO) {
-                problems.push(ConfigProblem::new(
-                    &format!("retention.{key}"),
-                    "is zero, so rows would be deleted as soon as they are written",
-                    "set a duration such as \"400d\", or \"forever\" to keep every row",
-                ));
-            }
+            let problem = match keep {
+                Keep::For(Duration::ZERO) => "is zero, so rows would be deleted as soon as they are written",
+                Keep::For(duration) if duration > LONGEST => "is longer than 1000 years",
+                _ => continue,
+            };
+            problems.push(ConfigProblem::new(
+                &format!("retention.{key}"),
+                problem,
+                "set a duration such as \"400d\", or \"forever\" to keep every row",
+            ));
         }
         if self.every.is_zero() {
             problems.push(ConfigProblem::new(

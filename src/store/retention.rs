@@ -117,9 +117,15 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .during("reading the database clock")?;
+        // A horizon longer than the calendar reaches keeps everything (configuration caps it).
         let cutoff = |keep: Option<Duration>| {
-            keep.map(|keep| now - chrono::Duration::from_std(keep).unwrap_or(chrono::TimeDelta::MAX))
+            keep.and_then(|keep| chrono::Duration::from_std(keep).ok())
+                .and_then(|keep| now.checked_sub_signed(keep))
         };
+        if !dry_run {
+            // Before anything goes, so `check` never expects a row this run may delete.
+            self.record_horizon(LAST_SEEN, cutoff(policy.last_seen)).await?;
+        }
         let mut outcome = vec![self.prune_last_seen(cutoff(policy.last_seen), dry_run).await?];
         for (target, keep) in [
             (&VERSIONS, policy.versions),
@@ -231,6 +237,22 @@ impl Store {
         .execute(&self.pool)
         .await
         .during("recording the retention run")?;
+        Ok(())
+    }
+
+    /// Records that rows of `table` older than `kept_from` may be gone, keeping the rest of
+    /// its `retention_runs` row (a new row says no rows deleted yet).
+    async fn record_horizon(&self, table: &str, kept_from: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO retention_runs (table_name, kept_from, last_run_at, deleted_rows)
+             VALUES ($1, $2, now(), 0)
+             ON CONFLICT (table_name) DO UPDATE SET kept_from = excluded.kept_from",
+        )
+        .bind(table)
+        .bind(kept_from)
+        .execute(&self.pool)
+        .await
+        .during("recording the retention horizon")?;
         Ok(())
     }
 
