@@ -21,6 +21,10 @@
 #
 # Usage: BIN=target/release/scan-agent-sync scripts/steady_cycle_growth.sh
 #        AGENTS=10000 CYCLES=3 scripts/steady_cycle_growth.sh
+#        WAL_COMPRESSION=lz4 scripts/steady_cycle_growth.sh
+#        PREFILL=100 scripts/steady_cycle_growth.sh   (this week's partition already holding
+#            100 lastSeen values per agent, as a day into the week at 15 minutes: its
+#            indexes are then large, and a cycle's entries land on pages all over them)
 # Needs: psql and pg_waldump (WALDUMP, default /usr/lib/postgresql/15/bin/pg_waldump) on the
 # database server's host with read access to its pg_wal; PostgreSQL at DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres) where this user may CREATE DATABASE and run
@@ -33,6 +37,7 @@ agents=${AGENTS:-100000}
 cycles=${CYCLES:-5}
 evolve=${EVOLVE:-20}
 checkpoint=${CHECKPOINT:-1}
+prefill=${PREFILL:-0}
 port=${PORT:-18943}
 admin_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 database=${BENCH_DB:-ret_growth}
@@ -48,7 +53,13 @@ psql -X -q -v ON_ERROR_STOP=1 "$admin_url" -c "DROP DATABASE IF EXISTS \"$databa
     --evolve-every "${evolve}s" --upgrade-share 0 --deleted-share 0 \
     --window 1000/1m --window 10000/1h >"$work/simulator.log" 2>&1 &
 simulator=$!
-trap 'kill "$simulator" 2>/dev/null || true; rm -rf "$work"' EXIT
+# WAL_COMPRESSION=lz4 (or pglz, zstd): the service's sessions compress full-page images,
+# as the server setting wal_compression does for everyone.
+db_options=${WAL_COMPRESSION:+?options=-c%20wal_compression%3D$WAL_COMPRESSION}
+slot=${database}_wal
+trap 'kill "$simulator" 2>/dev/null || true; rm -rf "$work"
+      psql -X -q "$admin_url" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                                  WHERE slot_name = '"'"'$slot'"'"'" >/dev/null' EXIT
 
 cat >"$work/config.toml" <<EOF
 [defender]
@@ -66,7 +77,7 @@ windows = [ { calls = 1000, per = "1m" }, { calls = 10000, per = "1h" } ]
 track_all = true
 
 [database]
-url = "$url"
+url = "$url$db_options"
 
 [http]
 listen = ""
@@ -88,11 +99,25 @@ sizes() {
 
 "$bin" -q --config "$work/config.toml" sync >/dev/null || (($? == 2))
 echo "imported $agents agents"
+if ((prefill > 0)); then
+    # As far into the week as a running service would be: PREFILL earlier lastSeen values
+    # per agent in the current week's partition, before the imported ones.
+    psql -X -q -v ON_ERROR_STOP=1 "$url" -c "
+        INSERT INTO scan_agent_last_seen (agent_id, last_seen, observed_at)
+        SELECT s.agent_id, w.start + (s.last_seen - w.start) * n / ($prefill + 1), now()
+        FROM scan_agent_state s, generate_series(1, $prefill) AS n,
+             (SELECT date_trunc('week', now(), 'UTC') AS start) w
+        WHERE s.last_seen > w.start;
+        VACUUM ANALYZE scan_agent_last_seen"
+    echo "prefilled $prefill lastSeen rows per agent in this week's partition"
+fi
 dboid=$(psql -X -At "$url" -c "SELECT oid FROM pg_database WHERE datname = current_database()")
 
 # WAL bytes of this database between two LSNs, per table: "table bytes" lines.
 wal_by_table() {
-    "$waldump" -p "$waldir" -s "$1" -e "$2" 2>/dev/null |
+    # pg_waldump stops with an error at the end of the flushed WAL, after printing every
+    # record before it; a missing segment is a real failure.
+    { "$waldump" -p "$waldir" -s "$1" -e "$2" 2>"$work/waldump.err" || true; } |
         awk -v db="$dboid" '
             match($0, /len \(rec\/tot\): *[0-9]+\/ *[0-9]+/) {
                 split(substr($0, RSTART, RLENGTH), parts, "/"); bytes = parts[3] + 0
@@ -101,6 +126,10 @@ wal_by_table() {
                 }
             }
             END { for (node in sum) print node, sum[node] }' >"$work/wal.txt"
+    if grep -q "could not find\|could not open" "$work/waldump.err"; then
+        cat "$work/waldump.err" >&2
+        exit 1
+    fi
     psql -X -q -At -F ' ' "$url" <<SQL
 CREATE TEMP TABLE wal (node oid, bytes bigint);
 \copy wal FROM '$work/wal.txt' WITH (DELIMITER ' ')
@@ -120,13 +149,16 @@ for cycle in $(seq 1 "$cycles"); do
     psql -X -q "$url" -c "VACUUM" >/dev/null
     ((checkpoint)) && psql -X -q "$url" -c "CHECKPOINT"
     read -r -a before <<<"$(sizes)"
-    start=$(psql -X -At "$url" -c "SELECT pg_current_wal_lsn()")
+    # A slot keeps the cycle's WAL segments until pg_waldump has read them, whatever
+    # checkpoints other work on the server triggers meanwhile.
+    start=$(psql -X -At "$url" -c "SELECT lsn FROM pg_create_physical_replication_slot('$slot', true) s(n, lsn)")
     "$bin" -q --config "$work/config.toml" sync >/dev/null || (($? == 2))
-    end=$(psql -X -At "$url" -c "SELECT pg_current_wal_lsn()")
+    end=$(psql -X -At "$url" -c "SELECT pg_current_wal_flush_lsn()")
     read -r -a after <<<"$(sizes)"
     echo "cycle $cycle: WAL of this database by table (MB):"
     wal_by_table "$start" "$end" | awk '{ total += $2; printf "  %-28s %8.1f\n", $1, $2 / 1e6 }
                                         END { printf "  %-28s %8.1f\n", "total", total / 1e6 }'
+    psql -X -q "$url" -c "SELECT pg_drop_replication_slot('$slot')" >/dev/null
     echo "cycle $cycle: growth by table (MB):"
     for i in "${!after[@]}"; do
         awk -v t="$(echo $tables | cut -d' ' -f$((i + 1)))" -v a="${after[$i]}" -v b="${before[$i]}" \

@@ -51,11 +51,15 @@ impl Keep {
     }
 }
 
-/// As written in the file: `forever` or a duration such as `400days`.
+/// As written in the file: `forever`, whole days as `400d` (humantime would print
+/// "1year 1month 4days 7h 26m 24s"), anything else as humantime prints it.
 impl fmt::Display for Keep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Keep::Forever => f.write_str("forever"),
+            Keep::For(duration) if duration.as_nanos() % DAY.as_nanos() == 0 => {
+                write!(f, "{}d", duration.as_secs() / DAY.as_secs())
+            }
             Keep::For(duration) => write!(f, "{}", humantime::format_duration(*duration)),
         }
     }
@@ -155,7 +159,8 @@ mod tests {
         assert_eq!(keep("forever").unwrap(), Keep::Forever);
         assert_eq!(keep(" Forever ").unwrap(), Keep::Forever);
         assert_eq!(keep("400d").unwrap(), Keep::For(400 * DAY));
-        assert_eq!(Keep::For(400 * DAY).to_string(), "400days");
+        assert_eq!(Keep::For(400 * DAY).to_string(), "400d");
+        assert_eq!(Keep::For(DAY + Duration::from_secs(3600)).to_string(), "1day 1h");
         assert_eq!(keep(&Keep::For(90 * DAY).to_string()).unwrap(), Keep::For(90 * DAY));
         let error = keep("a year").unwrap_err().to_string();
         assert!(error.contains("\"forever\""), "{error}");
