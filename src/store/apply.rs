@@ -4,7 +4,8 @@
 //!
 //! Layout (migration 20261128000006): an agent's current state, including its current
 //! version (`version_id`, `valid_from`), its fetch stamp and its fingerprint, is a row of
-//! `scan_agent_state`; its last payload a row of `scan_agent_payloads`; closed versions are
+//! `scan_agent_state`; its last payload a row of `scan_agent_payloads` (its time members one
+//! of `scan_agent_payload_times`, migration 20261206000009); closed versions are
 //! rows of `scan_agent_version_history`, appended once when a version ends and never
 //! updated. The BI names `scan_agents` and `scan_agent_versions` are views over them.
 //!
@@ -30,6 +31,7 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgConnection, Postgres, Transaction};
 
+use super::payload::PayloadText;
 use super::{APPLY_LOCK, QueryContext, Store, StoreError};
 use crate::agent::AgentRecord;
 use crate::agent::Attributes;
@@ -355,41 +357,6 @@ impl<'a> PayloadColumns<'a> {
             .bind(&self.raw)
             .bind(&self.raw_sha256)
             .bind(&self.raw_times)
-    }
-}
-
-/// The payload members that change whenever an agent reports in (matched as the record
-/// parser matches names, ignoring case). They are stored apart, in
-/// `scan_agent_payload_times` (migration 20261206000009), so an agent that only reported in
-/// rewrites that short row instead of its whole payload; the `scan_agents` view merges
-/// both back into `raw`.
-const TIME_MEMBERS: [&str; 2] = ["lastSeen", "lastCommandExecutionTimestamp"];
-
-/// A payload as stored: its members as received, [`TIME_MEMBERS`] apart from the rest.
-struct PayloadText {
-    /// The JSON object without the time members: `scan_agent_payloads.raw`.
-    stable: String,
-    /// A JSON object of the time members: `scan_agent_payload_times.raw_times`.
-    times: String,
-}
-
-impl PayloadText {
-    fn split(raw: serde_json::Value) -> PayloadText {
-        // AgentRecord::from_json admits objects only; anything else is kept whole.
-        let serde_json::Value::Object(mut members) = raw else {
-            return PayloadText { stable: raw.to_string(), times: "{}".to_owned() };
-        };
-        let names: Vec<String> = members
-            .keys()
-            .filter(|name| TIME_MEMBERS.iter().any(|time| name.eq_ignore_ascii_case(time)))
-            .cloned()
-            .collect();
-        let times: serde_json::Map<String, serde_json::Value> =
-            names.iter().filter_map(|name| members.remove_entry(name)).collect();
-        PayloadText {
-            stable: serde_json::Value::Object(members).to_string(),
-            times: serde_json::Value::Object(times).to_string(),
-        }
     }
 }
 

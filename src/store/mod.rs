@@ -18,6 +18,7 @@ pub mod history;
 pub mod invariants;
 pub mod leader_lock;
 pub mod ledger;
+mod payload;
 pub mod retention;
 pub mod runs;
 pub mod stale;
