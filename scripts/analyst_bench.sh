@@ -101,6 +101,18 @@ INSERT INTO scan_agent_last_seen (agent_id, last_seen, observed_at)
 SELECT a.agent_id, a.last_seen - make_interval(hours => 12 * j), a.last_seen - make_interval(hours => 12 * j) + interval '1 minute'
 FROM scan_agents a CROSS JOIN generate_series(0, 19) AS j
 ORDER BY 3;
+
+-- Since migration 20261206000009 scan_agent_last_seen is partitioned by week: the weeks a
+-- service keeping the default 400 days has, from 400 days ago to 4 weeks ahead (~63), the
+-- rows moved out of the DEFAULT partition into theirs, as the service does.
+DO $$
+BEGIN
+    IF to_regprocedure('scan_agent_last_seen_add_week(timestamptz)') IS NOT NULL THEN
+        PERFORM scan_agent_last_seen_add_week(w)
+        FROM generate_series(now() - interval '400 days', now() + interval '4 weeks', interval '1 week') AS w;
+    END IF;
+END
+$$;
 SQL
     psql -X -q -v ON_ERROR_STOP=1 "$url" -c "VACUUM ANALYZE"
 }

@@ -82,6 +82,9 @@ pub enum Command {
     /// Check the tables' invariants (history and rate-window ledger): one line each, exit 1
     /// when any is violated.
     Check(CheckArgs),
+    /// Run the retention job once: create partitions ahead and delete what `[retention]` no
+    /// longer keeps (`--dry-run`: say what, change nothing).
+    Prune(PruneArgs),
     /// Run the bundled Defender API simulator until SIGINT or SIGTERM.
     Simulate(Box<SimulatorOptions>),
     /// The whole product in one command, against the simulator: no Defender tenant needed.
@@ -98,6 +101,14 @@ pub struct SyncArgs {
     /// vanish at once: for a deliberate decommission.
     #[arg(long)]
     pub accept_mass_missing: bool,
+}
+
+/// Flags of `prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Count what would be deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Flags of `check-config`.
@@ -200,6 +211,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Stale(args) => stale(&globals, args).await,
         Command::History(args) => history(&globals, args).await,
         Command::Check(args) => check(&globals, args).await,
+        Command::Prune(args) => prune(&globals, args).await,
         Command::Simulate(options) => simulate(&globals, *options).await,
         Command::Demo => demo(&globals).await,
     };
@@ -344,6 +356,20 @@ async fn check(globals: &Globals, args: CheckArgs) -> Result<ExitCode, Failure> 
     let report = report::check_report(&store, &settings.rate_limit.windows).await?;
     print_report(&report, args.json)?;
     Ok(if report.all_hold() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `prune [--dry-run]`: the retention job once (read-only with `--dry-run`: needs no
+/// client secret). A dry run expects an already migrated schema, as `sync --dry-run` does.
+async fn prune(globals: &Globals, args: PruneArgs) -> Result<ExitCode, Failure> {
+    let settings = globals.configure()?;
+    let store = Store::connect(&settings.database.url, 1).await?;
+    if !args.dry_run {
+        store.migrate().await?;
+    }
+    let retention = crate::retention::Retention::from_settings(&settings);
+    let outcome = crate::retention::run_once(&store, &retention, args.dry_run).await?;
+    print!("{outcome}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints a report as a table, or as JSON with `--json`.

@@ -13,6 +13,7 @@ mod defender;
 mod error;
 mod exposure;
 mod http;
+mod retention;
 mod show;
 mod url;
 
@@ -29,6 +30,7 @@ pub use self::alerts::{AlertFormat, AlertSettings};
 pub use self::defender::{Cloud, DefenderSettings, FetchMode};
 pub use self::error::{ConfigError, ConfigProblem};
 pub use self::http::{AgentSeries, HttpSettings};
+pub use self::retention::{Keep, LEDGER_MARGIN, RetentionSettings, ledger_keep};
 pub(crate) use self::url::redact_url;
 use crate::rate_window::RateWindow;
 
@@ -63,6 +65,8 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Log output.
     pub log: LogSettings,
+    /// How long history is kept.
+    pub retention: RetentionSettings,
     /// Problems worth an operator's attention that do not stop the service, such as a
     /// password in a config file every local user may read; logged once logging starts.
     pub warnings: Vec<String>,
@@ -230,7 +234,8 @@ impl Settings {
         let alerts = finish("alerts", raw.alerts, env, &mut problems);
         let http = finish("http", raw.http, env, &mut problems);
         let log = finish("log", raw.log, env, &mut problems);
-        match (defender, rate_limit, agents, schedule, database, stale, alerts, http, log) {
+        let retention = finish("retention", raw.retention, env, &mut problems);
+        match (defender, rate_limit, agents, schedule, database, stale, alerts, http, log, retention) {
             (
                 Some(defender),
                 Some(rate_limit),
@@ -241,6 +246,7 @@ impl Settings {
                 Some(alerts),
                 Some(http),
                 Some(log),
+                Some(retention),
             ) if problems.is_empty() => Ok(Settings {
                 defender,
                 rate_limit,
@@ -251,6 +257,7 @@ impl Settings {
                 alerts,
                 http,
                 log,
+                retention,
                 warnings: Vec::new(),
             }),
             _ => Err(ConfigError::new(problems)),
@@ -341,6 +348,7 @@ struct RawSettings {
     alerts: Section<AlertSettings>,
     http: Section<HttpSettings>,
     log: Section<LogSettings>,
+    retention: Section<RetentionSettings>,
 }
 
 /// `[database]` as written; `url` may instead come from `DATABASE_URL`.

@@ -1,7 +1,8 @@
 //! `scan-agent-sync run`: the long-running service.
 //!
 //! Wiring only: the store (migrated at start), leadership (one active instance per
-//! database), the HTTP endpoints, the cron schedule, and a loop that runs one sync cycle at
+//! database), the HTTP endpoints, the alert sender, the retention job, the cron schedule,
+//! and a loop that runs one sync cycle at
 //! a time while this instance leads, reloads the agent list on SIGHUP, pings the systemd
 //! watchdog, and on SIGTERM/SIGINT lets the running cycle apply what it fetched and record
 //! itself `interrupted`.
@@ -24,6 +25,7 @@ use crate::http::{self, HttpState};
 use crate::leader::{LeaderState, Leadership, LeadershipSettings};
 use crate::metrics::{Metrics, refresh_agent_series};
 use crate::notify;
+use crate::retention::{self, Retention};
 use crate::scheduler::{Busy, Schedule};
 use crate::store::{Store, StoreError};
 use crate::sync::{CycleOptions, CycleReport, SyncError, Syncer, Targets};
@@ -92,6 +94,12 @@ pub async fn run(
         cancel.clone(),
         ALERT_POLL,
     ));
+    let retention = tokio::spawn(retention::run_retention_job(
+        store.clone(),
+        Retention::from_settings(&settings),
+        metrics.clone(),
+        cancel.clone(),
+    ));
     let (_, call_watermark) = store.calls_since(0).await?;
 
     notify::ready();
@@ -120,6 +128,7 @@ pub async fn run(
     let close = async {
         leadership.shutdown().await;
         let _ = sender.await;
+        let _ = retention.await;
         if let Some(http) = http {
             let _ = http.await;
         }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod notify;
 pub mod rate_window;
 pub mod report;
+pub mod retention;
 pub mod scheduler;
 pub mod shutdown;
 pub mod simulator;

@@ -51,6 +51,11 @@ struct StatusLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabel {
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
 }
@@ -73,6 +78,7 @@ struct Inner {
     sync_duration: Histogram,
     skipped_ticks: Counter,
     leader: Gauge,
+    retention_deleted: Family<TableLabel, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -148,6 +154,12 @@ impl Metrics {
             "1 when this instance holds leadership and runs sync cycles, 0 on standby",
             leader.clone(),
         );
+        let retention_deleted = Family::default();
+        registry.register(
+            "scan_agent_sync_retention_deleted_rows",
+            "Rows the retention job deleted (dropped partitions included), by table",
+            retention_deleted.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -161,6 +173,7 @@ impl Metrics {
                 sync_duration,
                 skipped_ticks,
                 leader,
+                retention_deleted,
             }),
         }
     }
@@ -214,6 +227,11 @@ impl Metrics {
     /// Marks whether this instance currently holds leadership.
     pub fn set_leader(&self, leader: bool) {
         self.inner.leader.set(i64::from(leader));
+    }
+
+    /// Counts rows the retention job deleted from `table` (zero still creates the series).
+    pub fn record_retention_deleted(&self, table: &str, rows: u64) {
+        self.inner.retention_deleted.get_or_create(&TableLabel { table: table.to_owned() }).inc_by(rows);
     }
 
     /// The exposition in the OpenMetrics text format ([`CONTENT_TYPE`]), `# EOF` included.

@@ -108,6 +108,20 @@ impl Settings {
             "log",
             &[("format", Some(toml_value(&self.log.format))), ("level", Some(toml_value(&self.log.level)))],
         );
+        let retention = &self.retention;
+        let mut retention_entries: Vec<(&str, Option<String>)> = retention
+            .entries()
+            .iter()
+            .map(|(key, keep)| (*key, Some(toml_value(&keep.to_string()))))
+            .collect();
+        retention_entries.push(("every", Some(toml_duration(retention.every))));
+        write_section(&mut out, "retention", &retention_entries);
+        let _ = writeln!(
+            out,
+            "# api_calls (the budget ledger) keeps {}: the longest rate window plus {}",
+            humantime::format_duration(super::retention::ledger_keep(&self.rate_limit.windows)),
+            humantime::format_duration(super::retention::LEDGER_MARGIN)
+        );
         out
     }
 }

@@ -3,10 +3,12 @@
 
 use std::fmt;
 
+use chrono::SecondsFormat;
 use serde::Serialize;
 
 use crate::rate_window::RateWindow;
 use crate::store::invariants::Finding;
+use crate::store::retention::LastPrune;
 use crate::store::{Store, StoreError};
 
 /// Every invariant's outcome. `--json` prints the bare array.
@@ -14,6 +16,10 @@ use crate::store::{Store, StoreError};
 #[serde(transparent)]
 pub struct CheckReport {
     pub findings: Vec<Finding>,
+    /// The retention job's last run per table, printed after the invariants (the JSON stays
+    /// the bare array of findings scripts read).
+    #[serde(skip)]
+    pub last_prunes: Vec<LastPrune>,
 }
 
 impl CheckReport {
@@ -26,7 +32,10 @@ impl CheckReport {
 /// Runs every invariant against the database, the ledger ones for `windows` (the
 /// configured `rate_limit.windows`).
 pub async fn check_report(store: &Store, windows: &[RateWindow]) -> Result<CheckReport, StoreError> {
-    Ok(CheckReport { findings: store.check_invariants(windows).await? })
+    Ok(CheckReport {
+        findings: store.check_invariants(windows).await?,
+        last_prunes: store.last_prunes().await?,
+    })
 }
 
 impl fmt::Display for CheckReport {
@@ -47,8 +56,22 @@ impl fmt::Display for CheckReport {
         }
         let broken = self.findings.iter().filter(|finding| !finding.holds()).count();
         match broken {
-            0 => writeln!(f, "all {} invariants hold", self.findings.len()),
-            n => writeln!(f, "{n} of {} invariants violated", self.findings.len()),
+            0 => writeln!(f, "all {} invariants hold", self.findings.len())?,
+            n => writeln!(f, "{n} of {} invariants violated", self.findings.len())?,
         }
+        for prune in &self.last_prunes {
+            let kept = match prune.kept_from {
+                Some(from) => format!("kept from {}", from.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                None => "kept forever".to_owned(),
+            };
+            writeln!(
+                f,
+                "retention {}: {kept}; last run {} deleted {} rows",
+                prune.table_name,
+                prune.last_run_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                prune.deleted_rows
+            )?;
+        }
+        Ok(())
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Layout (migration 20261128000006): an agent's current state, including its current
 //! version (`version_id`, `valid_from`), its fetch stamp and its fingerprint, is a row of
-//! `scan_agent_state`; its last payload a row of `scan_agent_payloads`; closed versions are
+//! `scan_agent_state`; its last payload a row of `scan_agent_payloads` (its time members one
+//! of `scan_agent_payload_times`, migration 20261206000009); closed versions are
 //! rows of `scan_agent_version_history`, appended once when a version ends and never
 //! updated. The BI names `scan_agents` and `scan_agent_versions` are views over them.
 //!
@@ -30,6 +31,7 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgConnection, Postgres, Transaction};
 
+use super::payload::PayloadText;
 use super::{APPLY_LOCK, QueryContext, Store, StoreError};
 use crate::agent::AgentRecord;
 use crate::agent::Attributes;
@@ -367,16 +369,18 @@ struct PayloadColumns<'a> {
     agent_id: Vec<&'a str>,
     raw: Vec<String>,
     raw_sha256: Vec<Vec<u8>>,
+    raw_times: Vec<String>,
 }
 
 impl<'a> PayloadColumns<'a> {
-    fn push(&mut self, record: &'a AgentRecord, raw: String, raw_sha256: Vec<u8>) {
+    fn push(&mut self, record: &'a AgentRecord, raw: PayloadText, raw_sha256: Vec<u8>) {
         self.agent_id.push(record.id.as_str());
-        self.raw.push(raw);
+        self.raw.push(raw.stable);
         self.raw_sha256.push(raw_sha256);
+        self.raw_times.push(raw.times);
     }
 
-    /// `sql` with agent_id, raw and raw_sha256 bound as $1 to $3, in an argument buffer
+    /// `sql` with agent_id, raw, raw_sha256 and raw_times bound as $1 to $4, in an argument buffer
     /// sized for them up front: sqlx grows it by doubling, and for the 48 MB of a 100k-payload
     /// batch the copies and fresh pages took 0.13 s of the 0.2 s spent binding (measured).
     fn bind(&self, sql: &'static str) -> PgQuery<'_> {
@@ -384,20 +388,42 @@ impl<'a> PayloadColumns<'a> {
         let bytes = self.agent_id.iter().map(|id| id.len() + 4).sum::<usize>()
             + self.raw.iter().map(|raw| raw.len() + 4).sum::<usize>()
             + self.raw_sha256.iter().map(|sha| sha.len() + 4).sum::<usize>()
-            + 3 * 64;
+            + self.raw_times.iter().map(|times| times.len() + 4).sum::<usize>()
+            + 4 * 64;
         let mut arguments = PgArguments::default();
-        arguments.reserve(3, bytes);
-        sqlx::query_with(sql, arguments).bind(&self.agent_id).bind(&self.raw).bind(&self.raw_sha256)
+        arguments.reserve(4, bytes);
+        sqlx::query_with(sql, arguments)
+            .bind(&self.agent_id)
+            .bind(&self.raw)
+            .bind(&self.raw_sha256)
+            .bind(&self.raw_times)
     }
+}
+
+/// A statement on the payloads bound as [`PayloadColumns::bind`] does, after the time
+/// members are written where they differ (or are new): `u` is the payloads as rows.
+macro_rules! with_payload_times {
+    ($statement:literal) => {
+        concat!(
+            "WITH u AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[])
+                            AS u(agent_id, raw, raw_sha256, raw_times)),
+                  times AS (INSERT INTO scan_agent_payload_times AS t (agent_id, raw_times)
+                            SELECT u.agent_id, u.raw_times::json FROM u
+                            ON CONFLICT (agent_id) DO UPDATE SET raw_times = excluded.raw_times
+                            WHERE t.raw_times::text IS DISTINCT FROM excluded.raw_times::text) ",
+            $statement
+        )
+    };
 }
 
 /// A statement with its parameters bound so far.
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
 /// Each fetched payload as stored: its text, the hash an unchanged payload is recognized
-/// by, and the agent's fingerprint, parallel to the batch.
+/// by (of the text without the time members), and the agent's fingerprint, parallel to the
+/// batch.
 struct Payloads {
-    text: Vec<String>,
+    text: Vec<PayloadText>,
     sha256: Vec<Vec<u8>>,
     fingerprint: Vec<Vec<u8>>,
 }
@@ -443,9 +469,10 @@ impl Payloads {
     fn take_serially(fetched: &mut [AgentRecord]) -> Payloads {
         let mut payloads = Payloads::with_capacity(fetched.len());
         for record in fetched {
-            let text = std::mem::take(&mut record.raw).to_string();
-            let sha256 = Sha256::digest(text.as_bytes()).to_vec();
-            payloads.fingerprint.push(fingerprint(record, &sha256));
+            let text = PayloadText::split(std::mem::take(&mut record.raw));
+            let sha256 = Sha256::digest(text.stable.as_bytes()).to_vec();
+            let whole = Sha256::new().chain_update(&sha256).chain_update(text.times.as_bytes()).finalize();
+            payloads.fingerprint.push(fingerprint(record, &whole));
             payloads.text.push(text);
             payloads.sha256.push(sha256);
         }
@@ -575,11 +602,11 @@ async fn write(
     if !other_payloads.agent_id.is_empty() {
         // `raw` is not read back: a payload whose hash is unchanged is left as it is.
         other_payloads
-            .bind(
+            .bind(with_payload_times!(
                 "UPDATE scan_agent_payloads p SET raw = u.raw::json, raw_sha256 = u.raw_sha256
-                 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(agent_id, raw, raw_sha256)
-                 WHERE p.agent_id = u.agent_id AND p.raw_sha256 IS DISTINCT FROM u.raw_sha256",
-            )
+                 FROM u
+                 WHERE p.agent_id = u.agent_id AND p.raw_sha256 IS DISTINCT FROM u.raw_sha256"
+            ))
             .execute(&mut **tx)
             .await
             .during("updating changed payloads")?;
@@ -635,11 +662,10 @@ async fn insert_agents(
     );
     rows.bind(insert).bind(at).execute(&mut **tx).await.during("inserting new agents")?;
     payloads
-        .bind(
+        .bind(with_payload_times!(
             "INSERT INTO scan_agent_payloads (agent_id, raw, raw_sha256)
-             SELECT u.agent_id, u.raw::json, u.raw_sha256
-             FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(agent_id, raw, raw_sha256)",
-        )
+             SELECT u.agent_id, u.raw::json, u.raw_sha256 FROM u"
+        ))
         .execute(&mut **tx)
         .await
         .during("storing new payloads")?;

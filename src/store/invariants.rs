@@ -53,14 +53,18 @@ const HISTORY: [(&str, &str, &str); 3] = [
                 AND (valid_to IS DISTINCT FROM next_from OR valid_from >= next_from))",
     ),
     (
+        // Retention drops lastSeen rows older than its horizon, agents never: an agent
+        // silent for longer keeps its state row, and its last lastSeen row may be gone.
         "last_seen_kept",
         "scan_agent_last_seen holds each (agent, last_seen) once, and every agent's current \
-         last_seen among them",
+         last_seen among them unless retention has passed it (retention_runs.kept_from)",
         "SELECT agent_id AS subject FROM scan_agent_last_seen
          GROUP BY agent_id, last_seen HAVING count(*) > 1
          UNION
-         SELECT a.agent_id FROM scan_agents a
-         WHERE NOT EXISTS (SELECT 1 FROM scan_agent_last_seen s
+         SELECT a.agent_id FROM scan_agent_state a
+         WHERE a.last_seen >= coalesce((SELECT r.kept_from FROM retention_runs r
+                                        WHERE r.table_name = 'scan_agent_last_seen'), '-infinity')
+           AND NOT EXISTS (SELECT 1 FROM scan_agent_last_seen s
                            WHERE s.agent_id = a.agent_id AND s.last_seen = a.last_seen)",
     ),
     (

@@ -12,9 +12,6 @@ use crate::rate_window::RateWindow;
 /// Advisory lock key that serializes slot grants across processes.
 pub const LEDGER_LOCK: i64 = 0x5CA5_0002;
 
-/// How long ledger rows are kept: well past any window, so operators can audit recent usage.
-const KEEP_LEDGER: &str = "7 days";
-
 /// The answer to a slot request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
@@ -156,15 +153,5 @@ impl Store {
         .during("counting recent API calls")?;
         let newest = rows.iter().map(|r| r.3).max().unwrap_or(after);
         Ok((rows.into_iter().map(|(endpoint, status, n, _)| (endpoint, status, n)).collect(), newest))
-    }
-
-    /// Drops ledger rows older than a week; windows never look back that far.
-    pub async fn prune_ledger(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM api_calls WHERE called_at < now() - $1::interval")
-            .bind(KEEP_LEDGER)
-            .execute(&self.pool)
-            .await
-            .during("pruning the call ledger")?;
-        Ok(done.rows_affected())
     }
 }

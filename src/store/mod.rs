@@ -3,7 +3,7 @@
 //! Each submodule owns one table group: `apply` the agent tables (the diff engine),
 //! `ledger` the rate-budget ledger, `runs` the sync-run records, `alerts` the stale episodes
 //! and their outbox, `history` the read side of one agent's history, `invariants` the
-//! consistency checks across all of them. SQL stays next to the code that uses it.
+//! consistency checks across all of them, `retention` partitions and deleting old rows. SQL stays next to the code that uses it.
 //!
 //! Advisory locks used (all transaction-scoped unless noted), in one place so keys never clash:
 //! - [`APPLY_LOCK`]: serializes batch application, so concurrent appliers behave as if in sequence.
@@ -20,6 +20,8 @@ pub mod invariants;
 pub mod leader_lock;
 pub mod ledger;
 pub mod missing;
+mod payload;
+pub mod retention;
 pub mod runs;
 pub mod stale;
 

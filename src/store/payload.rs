@@ -1,0 +1,59 @@
+//! How the diff engine stores a payload (migration 20261206000009): the members that change
+//! whenever an agent reports in apart from the rest, so that reporting in rewrites a short
+//! row and not the whole payload. `raw` in the `scan_agents` view is both merged again.
+
+/// The payload members that change whenever an agent reports in (matched as the record
+/// parser matches names, ignoring case). They are stored apart, in
+/// `scan_agent_payload_times` (migration 20261206000009), so an agent that only reported in
+/// rewrites that short row instead of its whole payload; the `scan_agents` view merges
+/// both back into `raw`.
+const TIME_MEMBERS: [&str; 2] = ["lastSeen", "lastCommandExecutionTimestamp"];
+
+/// A payload as stored: its members as received, [`TIME_MEMBERS`] apart from the rest.
+pub(super) struct PayloadText {
+    /// The JSON object without the time members: `scan_agent_payloads.raw`.
+    pub(super) stable: String,
+    /// A JSON object of the time members: `scan_agent_payload_times.raw_times`.
+    pub(super) times: String,
+}
+
+impl PayloadText {
+    pub(super) fn split(raw: serde_json::Value) -> PayloadText {
+        // AgentRecord::from_json admits objects only; anything else is kept whole.
+        let serde_json::Value::Object(mut members) = raw else {
+            return PayloadText { stable: raw.to_string(), times: "{}".to_owned() };
+        };
+        let names: Vec<String> = members
+            .keys()
+            .filter(|name| TIME_MEMBERS.iter().any(|time| name.eq_ignore_ascii_case(time)))
+            .cloned()
+            .collect();
+        let times: serde_json::Map<String, serde_json::Value> =
+            names.iter().filter_map(|name| members.remove_entry(name)).collect();
+        PayloadText {
+            stable: serde_json::Value::Object(members).to_string(),
+            times: serde_json::Value::Object(times).to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    #[test]
+    fn the_time_members_go_apart_as_received_whatever_their_case() {
+        let raw = json!({"id": "a", "LastSeen": "2026-12-01T10:00:00.1234567Z",
+                         "lastCommandExecutionTimestamp": null, "lastSeenBy": "x"});
+        let text = PayloadText::split(raw);
+        let stable: Value = serde_json::from_str(&text.stable).unwrap();
+        let times: Value = serde_json::from_str(&text.times).unwrap();
+        assert_eq!(stable, json!({"id": "a", "lastSeenBy": "x"}));
+        assert_eq!(
+            times,
+            json!({"LastSeen": "2026-12-01T10:00:00.1234567Z", "lastCommandExecutionTimestamp": null})
+        );
+    }
+}
