@@ -8,11 +8,12 @@
 //! agent, so N agents take N / 1,500 hours per rotation; in list mode one cycle.
 //!
 //! Age of an agent's data at instant t: t minus the arrival at the API of the request that
-//! fetched the data the database holds at t. The data of a fetch becomes visible when its
-//! cycle's batch is applied (the run's `finished_at`), so each fetch's data ages from its
-//! arrival until the apply of the agent's next fetch (or the end of the run). Arrivals come
-//! from the simulator's request log (by-id: the ID in the path; list: the page's
-//! `$skiptoken` offset into the list order), applies from `sync_runs`.
+//! fetched the data the database holds at t. The data of a fetch becomes visible when the
+//! batch holding it is applied (a list page, or a chunk of by-ID answers), so each fetch's
+//! data ages from its arrival until the apply of the agent's next fetch (or the end of the
+//! run). Arrivals come from the simulator's request log (by-id: the ID in the path; list: the
+//! page's `$skiptoken` offset into the list order), applies from the agents'
+//! `last_fetched_at` stamps, sampled every 100 ms while the daemon runs.
 //!
 //! Run: `cargo bench --bench freshness` (release build; needs PostgreSQL as the tests do, see
 //! `DATABASE_URL` in `tests/support`). An argument not starting with `--` runs only the
@@ -187,15 +188,15 @@ async fn run(scenario: &Scenario) -> anyhow::Result<Outcome> {
     ));
 
     let span = scenario.real_span / k;
+    let pool = PgPool::connect(&database).await?;
+    let watching = tokio::spawn(watch_applies(pool.clone(), span));
     daemon::run(settings, tokio::time::sleep(span)).await?;
     let ended = Utc::now();
+    let applies = watching.await??;
 
-    let pool = PgPool::connect(&database).await?;
-    let applies: Vec<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT finished_at FROM sync_runs WHERE finished_at IS NOT NULL ORDER BY finished_at",
-    )
-    .fetch_all(&pool)
-    .await?;
+    let cycles: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE finished_at IS NOT NULL")
+        .fetch_one(&pool)
+        .await?;
     let (first_start, last_start): (DateTime<Utc>, DateTime<Utc>) =
         sqlx::query_as("SELECT min(started_at), max(started_at) FROM sync_runs").fetch_one(&pool).await?;
     pool.close().await;
@@ -229,8 +230,28 @@ async fn run(scenario: &Scenario) -> anyhow::Result<Outcome> {
         floor,
         calls_per_hour: steady_calls as f64 / steady_hours as f64,
         throttled,
-        cycles: applies.len(),
+        cycles: usize::try_from(cycles)?,
     })
+}
+
+/// Every apply of every agent's data, by agent, oldest first: a cycle applies its answers in
+/// chunks while it runs, and each apply stamps `last_fetched_at` with its time, so sampling
+/// the stamps more often than chunks are applied sees each one.
+async fn watch_applies(pool: PgPool, span: Duration) -> anyhow::Result<HashMap<String, Vec<DateTime<Utc>>>> {
+    let until = tokio::time::Instant::now() + span + Duration::from_secs(2);
+    let mut applies: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
+    while tokio::time::Instant::now() < until {
+        let stamps: Vec<(String, DateTime<Utc>)> =
+            sqlx::query_as("SELECT agent_id, last_fetched_at FROM scan_agent_state").fetch_all(&pool).await?;
+        for (agent, at) in stamps {
+            let seen = applies.entry(agent).or_default();
+            if seen.last() != Some(&at) {
+                seen.push(at);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(applies)
 }
 
 /// When the API answered each agent with its data (status 200), oldest first. A by-ID call
@@ -279,22 +300,24 @@ fn worst_gap(fetches: &HashMap<&str, Vec<DateTime<Utc>>>) -> Duration {
 
 /// The worst age of any agent's data and whose it was, counting only data that replaced
 /// earlier data (an agent's first fetch ends the cold start, it does not age anything).
-/// Each fetch's data is held from the apply of its own cycle until the apply of the next
-/// fetch's cycle; the data still held at the end has aged until `ended`.
+/// Each fetch's data is held from its apply until the apply of the agent's next fetch (the
+/// first apply of that agent after the fetch arrived); the data still held at the end has
+/// aged until `ended`.
 fn worst_age(
     fetches: &HashMap<&str, Vec<DateTime<Utc>>>,
-    applies: &[DateTime<Utc>],
+    applies: &HashMap<String, Vec<DateTime<Utc>>>,
     ended: DateTime<Utc>,
 ) -> Option<(Duration, String)> {
-    let applied_at = |fetched: DateTime<Utc>| {
-        let i = applies.partition_point(|&a| a < fetched);
-        applies.get(i).copied().unwrap_or(ended)
-    };
     let mut worst: Option<(Duration, String)> = None;
     for (id, times) in fetches {
         if times.len() < 2 {
             continue;
         }
+        let applied = applies.get(*id).map_or(&[][..], Vec::as_slice);
+        let applied_at = |fetched: DateTime<Utc>| {
+            let i = applied.partition_point(|&a| a < fetched);
+            applied.get(i).copied().unwrap_or(ended)
+        };
         let replaced = times.windows(2).map(|pair| applied_at(pair[1]) - pair[0]);
         let held_at_end = ended - times[times.len() - 1];
         for age in replaced.chain([held_at_end]) {
