@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{DateTime, TimeZone, Utc};
 use scan_agent_sync::agent::{AgentRecord, Attributes};
-use scan_agent_sync::store::apply::disable_nagle;
+use scan_agent_sync::store::nodelay::disable_nagle;
 use scan_agent_sync::store::{APPLY_LOCK, MIGRATOR, Store};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};

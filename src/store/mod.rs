@@ -20,6 +20,7 @@ pub mod invariants;
 pub mod leader_lock;
 pub mod ledger;
 pub mod missing;
+pub mod nodelay;
 mod payload;
 pub mod retention;
 pub mod runs;
