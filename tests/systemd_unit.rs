@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const UNIT: &str = "scan-agent-sync.service";
-const INSTALLED_BINARY: &str = "/usr/local/bin/scan-agent-sync";
+const INSTALLED_BINARY: &str = "/usr/bin/scan-agent-sync";
 const MAX_EXPOSURE: f64 = 2.0;
 
 /// The unit copied into a temporary directory with `ExecStart` pointing at the binary this
