@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgArguments;
-use sqlx::{Arguments, PgConnection, Postgres, Transaction};
+use sqlx::{Arguments, Connection, PgConnection, Postgres, Transaction};
 
 use super::payload::PayloadText;
 use super::nodelay::disable_nagle;
@@ -85,6 +85,7 @@ impl Store {
         listed_since: Option<DateTime<Utc>>,
     ) -> Result<Applied, StoreError> {
         let fetched = dedup_batch(fetched);
+        let big = fetched.len() >= BIG_BATCH;
         // Serializing and hashing 100k payloads, and freeing their parsed form, takes a
         // few tenths of a second; on a blocking thread it overlaps opening the transaction.
         let hashing = tokio::task::spawn_blocking(move || {
@@ -92,7 +93,8 @@ impl Store {
             let payloads = Payloads::take(&mut fetched);
             (fetched, payloads)
         });
-        let mut tx = self.pool.begin().await.during("starting the batch transaction")?;
+        let mut conn = self.pool.acquire().await.during("connecting to apply a batch")?;
+        let mut tx = conn.begin().await.during("starting the batch transaction")?;
         disable_nagle(&mut tx).await;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(APPLY_LOCK)
@@ -121,9 +123,17 @@ impl Store {
         let diff = Diff::compute_known(&stored, &fetched, &known, missing);
         write(&mut tx, &fetched, payloads, &known, &diff, applied_at).await?;
         tx.commit().await.during("committing the batch")?;
+        if big {
+            // sqlx keeps a connection's buffers as large as its largest message, megabytes
+            // after a big batch; a pooled connection would hold them for as long as it lives.
+            let _ = conn.close().await;
+        }
         Ok(Applied { diff, applied_at, refetched: inspected.refetched })
     }
 }
+
+/// From this many agents a batch's statements are megabytes long (a list page is 10,000).
+const BIG_BATCH: usize = 1_000;
 
 /// An agent's stored state as [`read_stored`] and [`inspect`] return it.
 #[derive(sqlx::FromRow)]
