@@ -4,6 +4,7 @@
 //! are written by one statement in one transaction, so they commit or vanish together: a
 //! crash can delay a notification but never lose one or fire an episode twice.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -84,15 +85,22 @@ struct StaleChunk {
     repeated: i64,
 }
 
-/// The payload of a stale-agent event (an [`crate::alerts::AlertEvent`]), from the
-/// statement's `ev` (the episode and the event) and `s` (the agent's state row).
-macro_rules! agent_event_payload {
+/// Queues a stale-agent event (payload: an [`crate::alerts::AlertEvent`]) for each row of the
+/// statement's `ev` CTE (the episode and the event's kind), with the agent's state row found
+/// by its primary key; `$1` is the evaluation's `now`. Returns whether each was a repeat.
+macro_rules! queue_agent_events {
     () => {
-        "jsonb_build_object(
-             'status', ev.kind, 'agent_id', ev.agent_id,
-             'computer_dns_name', s.computer_dns_name, 'last_seen', s.last_seen,
-             'missing_since', s.missing_since, 'stale_since', ev.stale_since,
-             'fired_at', ev.started_at, 'resolved_at', ev.resolved_at, 'repeat', ev.repeat)"
+        "INSERT INTO alert_outbox (episode_id, agent_id, kind, payload, created_at, next_attempt_at)
+         SELECT ev.episode_id, ev.agent_id, ev.kind,
+                jsonb_build_object(
+                    'status', ev.kind, 'agent_id', ev.agent_id,
+                    'computer_dns_name', s.computer_dns_name, 'last_seen', s.last_seen,
+                    'missing_since', s.missing_since, 'stale_since', ev.stale_since,
+                    'fired_at', ev.started_at, 'resolved_at', ev.resolved_at, 'repeat', ev.repeat),
+                $1, $1
+         FROM ev JOIN scan_agent_state s ON s.agent_id = ev.agent_id
+         ORDER BY ev.agent_id
+         RETURNING (payload ->> 'repeat')::bool AS repeat"
     };
 }
 
@@ -133,52 +141,15 @@ impl Store {
         repeat_interval: Duration,
     ) -> Result<Evaluation, StoreError> {
         let mut tx = lock_alerts(self).await?;
-        // In chunks, each statement's work bounded by EVALUATION_CHUNK, and no statement
-        // joins two CTEs (the planner may take each for one row and nest-loop them): the
-        // payload columns come from probes of the state table's primary key. Each statement
-        // re-checks staleness in its own snapshot, so an agent that turned fresh meanwhile is
-        // left alone, and the unique index on open episodes (ON CONFLICT) keeps one open
-        // episode per agent whatever the planner estimates.
-        let mut resolved = 0;
-        loop {
-            let done: i64 = sqlx::query_scalar(concat!(
-                "WITH due AS (
-                     SELECT e.episode_id
-                     FROM stale_episodes e JOIN scan_agent_state s ON s.agent_id = e.agent_id
-                     WHERE e.resolved_at IS NULL AND s.missing_since IS NULL
-                       AND s.last_seen >= $1 - $2::interval
-                     LIMIT $3
-                 ),
-                 ev AS (
-                     UPDATE stale_episodes e SET resolved_at = greatest($1, e.started_at)
-                     FROM due WHERE e.episode_id = due.episode_id
-                     RETURNING e.episode_id, e.agent_id, 'resolved'::text AS kind, e.started_at,
-                               e.stale_since, e.resolved_at, false AS repeat
-                 ),
-                 queued AS (
-                     INSERT INTO alert_outbox (episode_id, agent_id, kind, payload, created_at, next_attempt_at)
-                     SELECT ev.episode_id, ev.agent_id, ev.kind, ",
-                agent_event_payload!(),
-                ", $1, $1
-                     FROM ev JOIN scan_agent_state s ON s.agent_id = ev.agent_id
-                     ORDER BY ev.agent_id
-                     RETURNING 1
-                 )
-                 SELECT count(*) FROM queued"
-            ))
-            .bind(now)
-            .bind(stale_after)
-            .bind(EVALUATION_CHUNK as i64)
-            .fetch_one(&mut *tx)
-            .await
-            .during("resolving stale episodes and queueing their alerts")?;
-            resolved += done;
-            if done < EVALUATION_CHUNK as i64 {
-                break;
-            }
-        }
-        // The stale agents, found by one scan of the narrow state table; then their
-        // episodes, a chunk of agents per statement.
+        // Every statement selects its rows by primary-key or open-episode index lookups of a
+        // chunk of agent IDs, never by a join the planner must estimate: right after a storm
+        // the statistics say the episode table is empty, and a plan that scans it once per
+        // agent took 100 s for 100,000 agents (BENCHMARKS.md, "Stale evaluation at scale").
+        // The stale agents come from one scan of the narrow state table, the agents with an
+        // open episode from its partial index; each chunk statement re-checks staleness in
+        // its own snapshot, so an agent that changed meanwhile is left for the next
+        // evaluation, and the unique index on open episodes (ON CONFLICT) keeps one open
+        // episode per agent.
         let stale: Vec<String> = sqlx::query_scalar(
             "SELECT agent_id FROM scan_agent_state
              WHERE missing_since IS NOT NULL OR last_seen < $1 - $2::interval",
@@ -188,6 +159,39 @@ impl Store {
         .fetch_all(&mut *tx)
         .await
         .during("finding stale agents")?;
+        let open: Vec<String> =
+            sqlx::query_scalar("SELECT agent_id FROM stale_episodes WHERE resolved_at IS NULL")
+                .fetch_all(&mut *tx)
+                .await
+                .during("finding open stale episodes")?;
+        let stale_set: HashSet<&str> = stale.iter().map(String::as_str).collect();
+        let fresh_again: Vec<&str> =
+            open.iter().map(String::as_str).filter(|id| !stale_set.contains(id)).collect();
+        let mut resolved = 0;
+        for chunk in fresh_again.chunks(EVALUATION_CHUNK) {
+            let done: i64 = sqlx::query_scalar(concat!(
+                "WITH ev AS (
+                     UPDATE stale_episodes e SET resolved_at = greatest($1, e.started_at)
+                     FROM scan_agent_state s
+                     WHERE e.agent_id = ANY($3) AND e.resolved_at IS NULL
+                       AND s.agent_id = ANY($3) AND s.agent_id = e.agent_id
+                       AND s.missing_since IS NULL AND s.last_seen >= $1 - $2::interval
+                     RETURNING e.episode_id, e.agent_id, 'resolved'::text AS kind, e.started_at,
+                               e.stale_since, e.resolved_at, false AS repeat
+                 ),
+                 queued AS (",
+                queue_agent_events!(),
+                ")
+                 SELECT count(*) FROM queued"
+            ))
+            .bind(now)
+            .bind(stale_after)
+            .bind(chunk)
+            .fetch_one(&mut *tx)
+            .await
+            .during("resolving stale episodes and queueing their alerts")?;
+            resolved += done;
+        }
         let (mut fired, mut repeated) = (0, 0);
         for chunk in stale.chunks(EVALUATION_CHUNK) {
             let done: StaleChunk = sqlx::query_as(concat!(
@@ -199,7 +203,7 @@ impl Store {
                  repeated AS (
                      UPDATE stale_episodes e SET last_notified_at = $1
                      FROM stale s
-                     WHERE $3::interval > interval '0' AND s.agent_id = e.agent_id
+                     WHERE $3::interval > interval '0' AND e.agent_id = ANY($4) AND s.agent_id = e.agent_id
                        AND e.resolved_at IS NULL AND e.last_notified_at <= $1 - $3::interval
                        AND NOT EXISTS (SELECT 1 FROM alert_outbox o
                                        WHERE o.episode_id = e.episode_id AND o.delivered_at IS NULL)
@@ -215,15 +219,9 @@ impl Store {
                                resolved_at, false
                  ),
                  ev AS (SELECT * FROM repeated UNION ALL SELECT * FROM opened),
-                 queued AS (
-                     INSERT INTO alert_outbox (episode_id, agent_id, kind, payload, created_at, next_attempt_at)
-                     SELECT ev.episode_id, ev.agent_id, ev.kind, ",
-                agent_event_payload!(),
-                ", $1, $1
-                     FROM ev JOIN scan_agent_state s ON s.agent_id = ev.agent_id
-                     ORDER BY ev.agent_id
-                     RETURNING (payload ->> 'repeat')::bool AS repeat
-                 )
+                 queued AS (",
+                queue_agent_events!(),
+                ")
                  SELECT count(*) FILTER (WHERE NOT repeat) AS fired,
                         count(*) FILTER (WHERE repeat) AS repeated
                  FROM queued"
