@@ -107,8 +107,7 @@ if ((prefill > 0)); then
         SELECT s.agent_id, w.start + (s.last_seen - w.start) * n / ($prefill + 1), now()
         FROM scan_agent_state s, generate_series(1, $prefill) AS n,
              (SELECT date_trunc('week', now(), 'UTC') AS start) w
-        WHERE s.last_seen > w.start;
-        VACUUM ANALYZE scan_agent_last_seen"
+        WHERE s.last_seen > w.start" -c "VACUUM ANALYZE scan_agent_last_seen"
     echo "prefilled $prefill lastSeen rows per agent in this week's partition"
 fi
 dboid=$(psql -X -At "$url" -c "SELECT oid FROM pg_database WHERE datname = current_database()")
