@@ -242,7 +242,19 @@ async fn watch_applies(pool: PgPool, span: Duration) -> anyhow::Result<HashMap<S
     let mut applies: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
     while tokio::time::Instant::now() < until {
         let stamps: Vec<(String, DateTime<Utc>)> =
-            sqlx::query_as("SELECT agent_id, last_fetched_at FROM scan_agent_state").fetch_all(&pool).await?;
+            match sqlx::query_as("SELECT agent_id, last_fetched_at FROM scan_agent_state")
+                .fetch_all(&pool)
+                .await
+            {
+                Ok(stamps) => stamps,
+                // The daemon has not migrated the fresh database yet.
+                Err(error)
+                    if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42P01") =>
+                {
+                    Vec::new()
+                }
+                Err(error) => return Err(error.into()),
+            };
         for (agent, at) in stamps {
             let seen = applies.entry(agent).or_default();
             if seen.last() != Some(&at) {

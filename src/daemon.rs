@@ -31,7 +31,7 @@ use crate::store::{Store, StoreError};
 use crate::sync::{CycleOptions, CycleReport, SyncError, Syncer, Targets};
 
 /// The longest a stop takes, from SIGTERM to exit, whatever runs: a cycle, a staleness
-/// evaluation, an alert drain, a slow PostgreSQL. Within the unit's `TimeoutStopSec` (45 s).
+/// evaluation, an alert drain, a slow PostgreSQL; well within the unit's `TimeoutStopSec`.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Of [`SHUTDOWN_GRACE`], what is kept for closing leadership, the alert sender and the HTTP

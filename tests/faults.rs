@@ -90,7 +90,7 @@ impl Bench {
     async fn assert_recovers(&self, pool: &PgPool) {
         let report = self.cycle("by-id", pool).await.expect("the recovery cycle");
         assert_eq!(report.status, RunStatus::Ok, "{report}");
-        assert_eq!(report.diff.changed_count(), 1, "the upgrade made during the fault is stored now");
+        assert_eq!(report.changes.changed, 1, "the upgrade made during the fault is stored now");
         let versions: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM scan_agent_versions WHERE scanner_software_version = $1",
         )

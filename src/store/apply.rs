@@ -30,8 +30,8 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, Connection, PgConnection, Postgres, Transaction};
 
-use super::payload::PayloadText;
 use super::nodelay::disable_nagle;
+use super::payload::PayloadText;
 use super::{APPLY_LOCK, QueryContext, Store, StoreError};
 use crate::agent::AgentRecord;
 use crate::agent::Attributes;
