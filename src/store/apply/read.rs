@@ -1,0 +1,141 @@
+//! Reading what the database holds for a batch: the stored state of agents, or only whether
+//! their fingerprints still match.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use super::super::{QueryContext, StoreError};
+use crate::agent::{AgentRecord, Attributes};
+use crate::agent_id::AgentId;
+use crate::diff::StoredAgent;
+
+/// An agent's stored state as [`read_stored`] and [`inspect`] return it.
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    /// 1-based position of the agent in the IDs sent.
+    position: i64,
+    machine_id: Option<String>,
+    computer_dns_name: Option<String>,
+    assigned_application_id: Option<String>,
+    scanner_software_version: Option<String>,
+    mde_client_version: Option<String>,
+    /// NULL only in [`inspect`]'s rows for agents known unchanged (the column is NOT NULL).
+    last_seen: Option<DateTime<Utc>>,
+    last_command_execution_at: Option<DateTime<Utc>>,
+    missing_since: Option<DateTime<Utc>>,
+    /// Only in [`inspect`]'s rows: fetched already since the listing began.
+    #[sqlx(default)]
+    again: Option<bool>,
+}
+
+impl StoredRow {
+    /// The batch index and the stored state, or `None` for an agent known unchanged.
+    fn into_agent(self) -> (usize, Option<StoredAgent>) {
+        let index = usize::try_from(self.position - 1).expect("ORDINALITY counts from 1");
+        let agent = self.last_seen.map(|last_seen| StoredAgent {
+            attributes: Attributes {
+                machine_id: self.machine_id,
+                computer_dns_name: self.computer_dns_name,
+                assigned_application_id: self.assigned_application_id,
+                scanner_software_version: self.scanner_software_version,
+                mde_client_version: self.mde_client_version,
+            },
+            last_seen,
+            last_command_execution_at: self.last_command_execution_at,
+            missing_since: self.missing_since,
+        });
+        (index, agent)
+    }
+}
+
+/// Reads the stored state of `ids`, returned by position in the IDs sent so no ID text is
+/// sent back or parsed. IDs not stored are absent from the map.
+pub(super) async fn read_stored(
+    conn: &mut PgConnection,
+    ids: &[&AgentId],
+) -> Result<HashMap<AgentId, StoredAgent>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+    let rows: Vec<StoredRow> = sqlx::query_as(
+        "SELECT u.position, s.machine_id, s.computer_dns_name, s.assigned_application_id,
+                s.scanner_software_version, s.mde_client_version, s.last_seen,
+                s.last_command_execution_at, s.missing_since
+         FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)
+         JOIN scan_agent_state s ON s.agent_id = u.agent_id",
+    )
+    .bind(&texts)
+    .fetch_all(&mut *conn)
+    .await
+    .during("reading the stored agents")?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| match row.into_agent() {
+            (index, Some(agent)) => Some((ids[index].clone(), agent)),
+            (_, None) => None,
+        })
+        .collect())
+}
+
+/// What [`inspect`] found.
+pub(super) struct Inspected {
+    /// Parallel to the batch: the stored fingerprint equals the fetched one.
+    pub known: Vec<bool>,
+    /// The stored state of every stored agent whose fingerprint differs. An agent in
+    /// neither is not stored.
+    pub stored: HashMap<AgentId, StoredAgent>,
+    /// Agents stamped at or after `listed_since`.
+    pub refetched: usize,
+}
+
+/// Compares each fetched agent's fingerprint with the stored one. Known agents' state is not
+/// sent back: at 100k unchanged agents that would be most of the statement's time.
+pub(super) async fn inspect(
+    conn: &mut PgConnection,
+    fetched: &[AgentRecord],
+    fingerprints: &[Vec<u8>],
+    listed_since: Option<DateTime<Utc>>,
+) -> Result<Inspected, StoreError> {
+    let ids: Vec<&str> = fetched.iter().map(|r| r.id.as_str()).collect();
+    let rows: Vec<StoredRow> = sqlx::query_as(
+        "SELECT u.position,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.machine_id END AS machine_id,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.computer_dns_name END
+                 AS computer_dns_name,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.assigned_application_id END
+                 AS assigned_application_id,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.scanner_software_version END
+                 AS scanner_software_version,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.mde_client_version END
+                 AS mde_client_version,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.last_seen END AS last_seen,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.last_command_execution_at END
+                 AS last_command_execution_at,
+             CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.missing_since END
+                 AS missing_since,
+             s.last_fetched_at >= $3 AS again
+         FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS u(agent_id, fingerprint, position)
+         JOIN scan_agent_state s ON s.agent_id = u.agent_id",
+    )
+    .bind(&ids)
+    .bind(fingerprints)
+    .bind(listed_since)
+    .fetch_all(&mut *conn)
+    .await
+    .during("reading the stored agents' fingerprints")?;
+    let mut known = vec![false; fetched.len()];
+    let mut stored = HashMap::with_capacity(rows.len());
+    let refetched = rows.iter().filter(|row| row.again == Some(true)).count();
+    for row in rows {
+        match row.into_agent() {
+            (index, None) => known[index] = true,
+            (index, Some(agent)) => {
+                stored.insert(fetched[index].id.clone(), agent);
+            }
+        }
+    }
+    Ok(Inspected { known, stored, refetched })
+}
