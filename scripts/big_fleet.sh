@@ -21,57 +21,13 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 agents=${AGENTS:-100000}
 cycles=${CYCLES:-4}
 admin_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-target_dir=${CARGO_TARGET_DIR:-$repo/target}
-binary=$target_dir/release/scan-agent-sync
 
-work=$(mktemp -d)
-database=sas_fleet_$(date +%s)_$$
-sim_pid=""
-daemon_pid=""
-db_created=""
-
-cleanup() {
-    local status=$?
-    for pid in "$daemon_pid" "$sim_pid"; do
-        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-            kill -TERM "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        fi
-    done
-    if [[ -n $db_created ]]; then
-        psql "$admin_url" -qAtc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null || true
-    fi
-    if ((status != 0)); then
-        echo "failed; logs kept in $work" >&2
-    else
-        rm -rf "$work"
-    fi
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-echo "building the release binary ..." >&2
-(cd "$repo" && cargo build --release --quiet --bin scan-agent-sync)
-cp "$binary" "$work/scan-agent-sync"
-binary=$work/scan-agent-sync
-
-sim_port=$(free_port)
-sim=http://127.0.0.1:$sim_port
-"$binary" simulate --listen "127.0.0.1:$sim_port" --agents "$agents" --page-size 10000 \
-    --evolve-every 5s --upgrade-share 0.01 --window 100000/1m >"$work/simulator.log" 2>&1 &
-sim_pid=$!
-for _ in $(seq 300); do
-    if curl -s -o /dev/null "$sim/"; then break; fi
-    sleep 0.1
-done
-
-psql "$admin_url" -qAtc "CREATE DATABASE \"$database\"" >/dev/null
-db_created=1
-database_url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' \
-    "$admin_url" "$database")
+# shellcheck source=scripts/fixture.sh
+source "$repo/scripts/fixture.sh"
+build_binary
+start_simulator --agents "$agents" --page-size 10000 --evolve-every 5s --upgrade-share 0.01 \
+    --window 100000/1m
+create_database sas_fleet
 sql() { psql "$database_url" -qAtc "$1"; }
 
 http_port=$(free_port)

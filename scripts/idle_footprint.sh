@@ -18,61 +18,17 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 idle_seconds=${IDLE_SECONDS:-60}
 agents=1000
 admin_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-target_dir=${CARGO_TARGET_DIR:-$repo/target}
-binary=$target_dir/release/scan-agent-sync
 
 if ((idle_seconds < 60)); then
     echo "IDLE_SECONDS must be at least 60 (the issue's measurement span)" >&2
     exit 64
 fi
 
-work=$(mktemp -d)
-database=sas_idle_$(date +%s)_$$
-sim_pid=""
-daemon_pid=""
-db_created=""
-
-cleanup() {
-    local status=$?
-    for pid in "$daemon_pid" "$sim_pid"; do
-        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-            kill -TERM "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        fi
-    done
-    if [[ -n $db_created ]]; then
-        psql "$admin_url" -qAtc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null || true
-    fi
-    if ((status != 0)); then
-        echo "failed; logs kept in $work" >&2
-    else
-        rm -rf "$work"
-    fi
-}
-trap cleanup EXIT
-
-# A port nobody listens on now; the kernel picks it.
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-echo "building the release binary ..." >&2
-(cd "$repo" && cargo build --release --quiet --bin scan-agent-sync)
-# A private copy: a shared CARGO_TARGET_DIR may get another checkout's build meanwhile.
-cp "$binary" "$work/scan-agent-sync"
-binary=$work/scan-agent-sync
-
-sim_port=$(free_port)
-sim=http://127.0.0.1:$sim_port
+# shellcheck source=scripts/fixture.sh
+source "$repo/scripts/fixture.sh"
+build_binary
 # A frozen fleet (no evolution) and the real service's default windows.
-"$binary" simulate --listen "127.0.0.1:$sim_port" --agents "$agents" --evolve-every 0s \
-    >"$work/simulator.log" 2>&1 &
-sim_pid=$!
-# Any HTTP answer (a 404 for `/`) means it is listening.
-for _ in $(seq 100); do
-    if curl -s -o /dev/null "$sim/"; then break; fi
-    sleep 0.1
-done
+start_simulator --agents "$agents" --evolve-every 0s
 
 # The tracked IDs, as an operator would get them: a token, then every page of the list.
 # These ten calls count against the simulator's 100/1m window, not the daemon's ledger;
@@ -102,10 +58,7 @@ if ((tracked != agents)); then
     exit 1
 fi
 
-psql "$admin_url" -qAtc "CREATE DATABASE \"$database\"" >/dev/null
-db_created=1
-database_url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' \
-    "$admin_url" "$database")
+create_database sas_idle
 
 http_port=$(free_port)
 cat >"$work/config.toml" <<TOML
