@@ -141,7 +141,12 @@ async fn a_list_cycle_killed_between_pages_marks_nothing_missing() {
         assert!(fixture.sim.delete(id));
     }
     fixture.sim.set_latency(Duration::from_millis(400));
-    let mut child = fixture.command(&config, 0, "sync").stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = fixture
+        .command(&config, 0, "sync")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     eventually("a page of the second cycle applied", Duration::from_secs(30), async || {
         let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM scan_agents WHERE last_fetched_at > $1")
             .bind(first)
