@@ -138,6 +138,6 @@ fn named_agent(error: &RecordError) -> Option<AgentId> {
     }
 }
 
-pub(super) fn to_usize(n: u64) -> usize {
+fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
