@@ -15,7 +15,8 @@
 //! happen. Without `--bench` (as `cargo test --all-targets` runs it) both run tiny, as a
 //! smoke test.
 
-use std::str::FromStr;
+mod scratch;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -27,9 +28,7 @@ use axum::routing::post;
 use chrono::Utc;
 use scan_agent_sync::alerts::{deliver_pending, webhook_client};
 use scan_agent_sync::config::{AlertFormat, AlertSettings};
-use scan_agent_sync::store::{MIGRATOR, Store};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection};
+use scan_agent_sync::store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
@@ -312,24 +311,8 @@ impl<S: tracing::Subscriber> Layer<S> for SlowStatements {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::registry().with(SlowStatements.with_filter(EnvFilter::new("sqlx=warn"))).init();
     let options = Options::parse()?;
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let mut admin = PgConnection::connect(&url).await.with_context(|| {
-        format!("the benchmark needs PostgreSQL at {url} (DATABASE_URL); start it with `pg_ctlcluster 15 main start`")
-    })?;
-    let name = format!("sas_alert_bench_{}", std::process::id());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut admin)
-        .await
-        .context("creating the benchmark database")?;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(PgConnectOptions::from_str(&url)?.database(&name))
-        .await
-        .context("connecting to the benchmark database")?;
-    let store = Store::from_pool(pool.clone());
-    let result = async {
-        MIGRATOR.run(&pool).await.context("migrating the benchmark database")?;
+    scratch::with_database("sas_alert_bench", 4, async |pool| {
+        let store = Store::from_pool(pool.clone());
         if options.scenario != Scenario::Staleness {
             delivery(&store, &options).await?;
             sqlx::raw_sql("TRUNCATE alert_outbox, stale_episodes, scan_agent_state, scan_agent_payloads")
@@ -340,12 +323,6 @@ async fn main() -> anyhow::Result<()> {
             staleness(&store, &options).await?;
         }
         anyhow::Ok(())
-    }
-    .await;
-    pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{name}\" WITH (FORCE)")))
-        .execute(&mut admin)
-        .await
-        .context("dropping the benchmark database")?;
-    result
+    })
+    .await
 }

@@ -11,18 +11,18 @@
 //! have once autovacuum has run. Payloads are built before the clock starts, so only the
 //! apply itself (transaction, lock, reads, diff, writes, commit) is measured.
 
-use std::str::FromStr;
+mod scratch;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, TimeZone, Utc};
 use scan_agent_sync::agent::{AgentRecord, Attributes};
 use scan_agent_sync::store::nodelay::disable_nagle;
-use scan_agent_sync::store::{APPLY_LOCK, MIGRATOR, Store};
+use scan_agent_sync::store::{APPLY_LOCK, Store};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 
 /// The binary's allocator (src/main.rs), so the engine is measured as it runs in the service.
 #[global_allocator]
@@ -471,31 +471,9 @@ async fn run(store: &Store, options: &Options) -> anyhow::Result<Vec<String>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = Options::parse()?;
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let mut admin = PgConnection::connect(&url).await.with_context(|| {
-        format!("the benchmark needs PostgreSQL at {url} (DATABASE_URL); start it with `pg_ctlcluster 15 main start`")
-    })?;
-    let name = format!("sas_bench_{}", std::process::id());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut admin)
-        .await
-        .context("creating the benchmark database")?;
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(PgConnectOptions::from_str(&url)?.database(&name))
-        .await
-        .context("connecting to the benchmark database")?;
-    let result = match MIGRATOR.run(&pool).await {
-        Ok(()) => run(&Store::from_pool(pool.clone()), &options).await,
-        Err(e) => Err(e).context("migrating the benchmark database"),
-    };
-    pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{name}\" WITH (FORCE)")))
-        .execute(&mut admin)
-        .await
-        .context("dropping the benchmark database")?;
-    let rows = result?;
+    let rows =
+        scratch::with_database("sas_bench", 2, async |pool| run(&Store::from_pool(pool), &options).await)
+            .await?;
 
     println!("\nBest / median of {} runs, wall time of one apply (one transaction).\n", options.reps);
     println!(
