@@ -33,11 +33,7 @@ sql() { psql "$database_url" -qAtc "$1"; }
 http_port=$(free_port)
 cat >"$work/config.toml" <<TOML
 [defender]
-api_base_url = "$sim"
-token_url = "$sim/sim-tenant/oauth2/v2.0/token"
-scope = "$sim/.default"
-tenant_id = "sim-tenant"
-client_id = "sim-client"
+$sim_defender
 fetch_mode = "list"
 
 [rate_limit]

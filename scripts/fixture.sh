@@ -4,7 +4,8 @@
 #
 # Reads: repo, admin_url (a server where this user may CREATE DATABASE), CARGO_TARGET_DIR.
 # Sets: work (a temporary directory, kept on failure), binary, sim (the simulator's URL),
-# sim_pid, database, database_url; daemon_pid is stopped too when a script sets it.
+# sim_defender (its [defender] keys), sim_pid, database, database_url; daemon_pid is
+# stopped too when a script sets it.
 
 work=$(mktemp -d)
 database=""
@@ -52,6 +53,12 @@ start_simulator() {
     sim=http://127.0.0.1:$port
     "$binary" simulate --listen "127.0.0.1:$port" "$@" >"$work/simulator.log" 2>&1 &
     sim_pid=$!
+    # The [defender] keys that point the product at it, for the scripts' config files.
+    sim_defender="api_base_url = \"$sim\"
+token_url = \"$sim/sim-tenant/oauth2/v2.0/token\"
+scope = \"$sim/.default\"
+tenant_id = \"sim-tenant\"
+client_id = \"sim-client\""
     for _ in $(seq 300); do
         if curl -s -o /dev/null "$sim/"; then return; fi
         sleep 0.1

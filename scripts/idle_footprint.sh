@@ -63,11 +63,7 @@ create_database sas_idle
 http_port=$(free_port)
 cat >"$work/config.toml" <<TOML
 [defender]
-api_base_url = "$sim"
-token_url = "$sim/sim-tenant/oauth2/v2.0/token"
-scope = "$sim/.default"
-tenant_id = "sim-tenant"
-client_id = "sim-client"
+$sim_defender
 # One list of ten pages instead of 1,000 by-ID calls: the default windows allow 100/min.
 fetch_mode = "list"
 
