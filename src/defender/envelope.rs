@@ -21,7 +21,10 @@ pub(super) async fn read_capped(
     if response.content_length().is_some_and(|length| length > limit as u64) {
         return Err(ApiError::BodyTooLarge { endpoint, limit });
     }
-    let mut body = Vec::new();
+    // Sized from the announced length (already checked against the cap): growing by
+    // doubling would hold up to twice a 5 MB list page while it copies.
+    let announced = response.content_length().and_then(|length| usize::try_from(length).ok());
+    let mut body = Vec::with_capacity(announced.unwrap_or(0));
     while let Some(chunk) = response.chunk().await.map_err(|e| on_transport_error(&e))? {
         if body.len() + chunk.len() > limit {
             return Err(ApiError::BodyTooLarge { endpoint, limit });
