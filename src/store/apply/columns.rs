@@ -112,17 +112,46 @@ impl<'a> PayloadColumns<'a> {
     }
 }
 
+/// Payloads whose members but the time ones are stored already: only those are written.
+#[derive(Default)]
+pub(super) struct TimesColumns<'a> {
+    pub(super) agent_id: Vec<&'a str>,
+    pub(super) raw_times: Vec<String>,
+}
+
+impl<'a> TimesColumns<'a> {
+    pub(super) fn push(&mut self, record: &'a AgentRecord, raw: PayloadText) {
+        self.agent_id.push(record.id.as_str());
+        self.raw_times.push(raw.times);
+    }
+}
+
+/// `$prefix` (which makes rows `u` with `agent_id` and `raw_times`), then the statement
+/// that writes each agent's time members where they differ (or are new).
+macro_rules! upsert_times {
+    ($prefix:literal) => {
+        concat!(
+            $prefix,
+            "INSERT INTO scan_agent_payload_times AS t (agent_id, raw_times)
+             SELECT u.agent_id, u.raw_times::json FROM u
+             ON CONFLICT (agent_id) DO UPDATE SET raw_times = excluded.raw_times
+             WHERE t.raw_times::text IS DISTINCT FROM excluded.raw_times::text"
+        )
+    };
+}
+pub(super) use upsert_times;
+
 /// A statement on the payloads bound as [`PayloadColumns::bind`] does, after the time
-/// members are written where they differ (or are new): `u` is the payloads as rows.
+/// members are written ([`upsert_times`]): `u` is the payloads as rows.
 macro_rules! with_payload_times {
     ($statement:literal) => {
         concat!(
-            "WITH u AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[])
-                            AS u(agent_id, raw, raw_sha256, raw_times)),
-                  times AS (INSERT INTO scan_agent_payload_times AS t (agent_id, raw_times)
-                            SELECT u.agent_id, u.raw_times::json FROM u
-                            ON CONFLICT (agent_id) DO UPDATE SET raw_times = excluded.raw_times
-                            WHERE t.raw_times::text IS DISTINCT FROM excluded.raw_times::text) ",
+            upsert_times!(
+                "WITH u AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[])
+                                AS u(agent_id, raw, raw_sha256, raw_times)),
+                      times AS ("
+            ),
+            ") ",
             $statement
         )
     };

@@ -29,7 +29,7 @@ mod read;
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, Postgres, Transaction};
 
-use self::columns::{PayloadColumns, Payloads, StateColumns, with_payload_times};
+use self::columns::{PayloadColumns, Payloads, StateColumns, TimesColumns, upsert_times, with_payload_times};
 use self::read::{inspect, read_stored};
 use super::nodelay::disable_nagle;
 use super::{APPLY_LOCK, QueryContext, Store, StoreError};
@@ -116,11 +116,12 @@ impl Store {
             .await
             .during("reading the database clock")?;
         let (fetched, payloads) = hashing.await.expect("hashing payloads cannot panic");
-        let inspected = inspect(&mut tx, &fetched, &payloads.fingerprint, listed_since).await?;
+        let inspected = inspect(&mut tx, &fetched, &payloads, listed_since).await?;
         let (known, mut stored) = (inspected.known, inspected.stored);
         stored.extend(read_stored(&mut tx, &missing.iter().collect::<Vec<_>>()).await?);
         let diff = Diff::compute_known(&stored, &fetched, &known, missing);
-        write(&mut tx, &fetched, payloads, &known, &diff, applied_at).await?;
+        let stored = Stored { known: &known, payload: &inspected.payload_stored };
+        write(&mut tx, &fetched, payloads, stored, &diff, applied_at).await?;
         tx.commit().await.during("committing the batch")?;
         if big {
             // sqlx keeps a connection's buffers as large as its largest message, megabytes
@@ -134,11 +135,19 @@ impl Store {
 /// From this many agents a batch's statements are megabytes long (a list page is 10,000).
 const BIG_BATCH: usize = 1_000;
 
+/// What [`inspect`] found stored, parallel to the batch.
+struct Stored<'a> {
+    /// The agent's fingerprint is stored: nothing but its fetch stamp is written.
+    known: &'a [bool],
+    /// Its payload without the time members is stored: only those are written.
+    payload: &'a [bool],
+}
+
 async fn write(
     tx: &mut Transaction<'_, Postgres>,
     fetched: &[AgentRecord],
     payloads: Payloads,
-    known: &[bool],
+    stored: Stored<'_>,
     diff: &Diff,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -146,15 +155,21 @@ async fn write(
     let mut new_payloads = PayloadColumns::default();
     let mut changed_agents = StateColumns::default();
     let mut other_payloads = PayloadColumns::default();
+    let mut other_times = TimesColumns::default();
     let mut stamped_ids: Vec<&str> = Vec::new();
     let mut stamped_fingerprints: Vec<Vec<u8>> = Vec::new();
     let mut closed_versions: Vec<&str> = Vec::new();
     let mut seen_ids: Vec<&str> = Vec::new();
     let mut seen_values: Vec<DateTime<Utc>> = Vec::new();
     let payloads = payloads.text.into_iter().zip(payloads.sha256).zip(payloads.fingerprint);
-    for (((record, agent), known), ((raw, sha256), fingerprint)) in
-        fetched.iter().zip(&diff.agents).zip(known).zip(payloads)
+    let stored = stored.known.iter().zip(stored.payload);
+    for (((record, agent), (&known, &payload_stored)), ((raw, sha256), fingerprint)) in
+        fetched.iter().zip(&diff.agents).zip(stored).zip(payloads)
     {
+        let mut rewrite_payload = |raw, sha256| match payload_stored {
+            true => other_times.push(record, raw),
+            false => other_payloads.push(record, raw, sha256),
+        };
         // Every state row written below then holds exactly the fetched agent, present:
         // that is what its fingerprint stands for. Each is written once, stamp included, so
         // every rewrite finds room on its page (HOT).
@@ -166,14 +181,14 @@ async fn write(
             Status::Changed => {
                 changed_agents.push(record, fingerprint);
                 changed_agents.new_version.push(agent.attributes_changed);
-                other_payloads.push(record, raw, sha256);
+                rewrite_payload(raw, sha256);
             }
             Status::Unchanged => {
                 stamped_ids.push(record.id.as_str());
                 stamped_fingerprints.push(fingerprint);
                 // A known agent's payload is stored already.
                 if !known {
-                    other_payloads.push(record, raw, sha256);
+                    rewrite_payload(raw, sha256);
                 }
             }
         }
@@ -235,6 +250,16 @@ async fn write(
             .execute(&mut **tx)
             .await
             .during("updating changed payloads")?;
+    }
+    if !other_times.agent_id.is_empty() {
+        sqlx::query(upsert_times!(
+            "WITH u AS (SELECT * FROM UNNEST($1::text[], $2::text[]) AS u(agent_id, raw_times)) "
+        ))
+        .bind(&other_times.agent_id)
+        .bind(&other_times.raw_times)
+        .execute(&mut **tx)
+        .await
+        .during("updating the payloads' time members")?;
     }
     if !seen_ids.is_empty() {
         // A lastSeen value held before (it went back and forth) is already recorded once.
