@@ -11,6 +11,9 @@
 # Then `run` starts on the same database, performs its first cycle at start, and its
 # resident memory is read a few seconds after that cycle is recorded.
 #
+# `sync` and `run` get the allocator settings of the unit (its `Environment=MIMALLOC_...`
+# line), so the figures are the service's; ALLOCATOR_ENV overrides them ("" for none).
+#
 # Usage: AGENTS=100000 CYCLES=4 scripts/big_fleet.sh   (defaults shown)
 # Needs: cargo, curl, python3, psql, /usr/bin/time, and PostgreSQL at DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres) where this user may CREATE DATABASE.
@@ -21,6 +24,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 agents=${AGENTS:-100000}
 cycles=${CYCLES:-4}
 admin_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+
+allocator_env=${ALLOCATOR_ENV-$(sed -n 's/^Environment=\(MIMALLOC_.*\)/\1/p' "$repo/systemd/scan-agent-sync.service")}
 
 # shellcheck source=scripts/fixture.sh
 source "$repo/scripts/fixture.sh"
@@ -62,7 +67,8 @@ for ((cycle = 1; cycle <= cycles; cycle++)); do
     sleep 5.5 # one evolution period: every live agent reports in
     sql "CHECKPOINT" >/dev/null
     read -r wal0 size0 <<<"$(sql "SELECT pg_current_wal_lsn() - '0/0', pg_database_size(current_database())" | tr '|' ' ')"
-    /usr/bin/time -f "%e %M" -o "$work/time.txt" \
+    # shellcheck disable=SC2086 # one word per setting
+    env $allocator_env /usr/bin/time -f "%e %M" -o "$work/time.txt" \
         "$binary" sync --config "$work/config.toml" >"$work/sync-$cycle.txt" 2>"$work/sync-$cycle.log" || true
     read -r wal1 size1 <<<"$(sql "SELECT pg_current_wal_lsn() - '0/0', pg_database_size(current_database())" | tr '|' ' ')"
     read -r wall rss_kib <"$work/time.txt"
@@ -75,7 +81,8 @@ print(f"| {cycle} | {status} | {float(wall):.2f} s | {int(rss) / 1024:.1f} MiB |
 PY
 done
 
-"$binary" run --config "$work/config.toml" >"$work/daemon.log" 2>&1 &
+# shellcheck disable=SC2086
+env $allocator_env "$binary" run --config "$work/config.toml" >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
 runs_before=$(sql "SELECT count(*) FROM sync_runs")
 for _ in $(seq 1200); do
@@ -105,4 +112,4 @@ print(f"- database growth per steady cycle: {median(5) / 1e6:.1f} MB")
 print(f"- idle run after its cycle: VmRSS {int(sys.argv[2]) / 1024:.1f} MiB (its peak, VmHWM, {int(sys.argv[3]) / 1024:.1f} MiB)")
 PY
 echo
-echo "command: AGENTS=$agents CYCLES=$cycles scripts/big_fleet.sh"
+echo "command: AGENTS=$agents CYCLES=$cycles scripts/big_fleet.sh (allocator: ${allocator_env:-defaults})"
