@@ -2,8 +2,9 @@
 //!
 //! Each submodule owns one table group: `apply` the agent tables (the diff engine),
 //! `ledger` the rate-budget ledger, `runs` the sync-run records, `alerts` the stale episodes
-//! and their outbox, `history` the read side of one agent's history, `invariants` the
-//! consistency checks across all of them, `retention` partitions and deleting old rows. SQL stays next to the code that uses it.
+//! and their outbox (whose payloads are the `notification` types), `history` the read side
+//! of one agent's history, `invariants` the consistency checks across all of them,
+//! `retention` partitions and deleting old rows. SQL stays next to the code that uses it.
 //!
 //! Advisory locks used (all transaction-scoped unless noted), in one place so keys never clash:
 //! - [`APPLY_LOCK`]: serializes batch application, so concurrent appliers behave as if in sequence.
@@ -21,6 +22,7 @@ pub mod leader_lock;
 pub mod ledger;
 pub mod missing;
 pub mod nodelay;
+pub mod notification;
 mod payload;
 pub mod retention;
 pub mod runs;
