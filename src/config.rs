@@ -13,6 +13,7 @@ mod defender;
 mod error;
 mod exposure;
 mod http;
+mod log;
 mod retention;
 mod show;
 mod url;
@@ -23,13 +24,14 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 
 pub use self::agents::{AgentsSettings, parse_ids_file};
 pub use self::alerts::{AlertFormat, AlertSettings};
 pub use self::defender::{Cloud, DefenderSettings, FetchMode};
 pub use self::error::{ConfigError, ConfigProblem};
 pub use self::http::{AgentSeries, HttpSettings};
+pub use self::log::{FILTER_FIX, LogFormat, LogSettings, parse_filter};
 pub use self::retention::{Keep, LEDGER_MARGIN, RetentionSettings, ledger_keep};
 pub(crate) use self::url::redact_url;
 use crate::rate_window::RateWindow;
@@ -140,34 +142,6 @@ pub struct StaleSettings {
 impl Default for StaleSettings {
     fn default() -> Self {
         Self { after: Duration::from_secs(24 * 60 * 60), mass_missing_guard: 0.5 }
-    }
-}
-
-/// Log line format; also the value of `--log-format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines, for a terminal or the journal.
-    #[default]
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
-
-/// Log output.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSettings {
-    /// Line format.
-    #[serde(deserialize_with = "de::variant")]
-    pub format: LogFormat,
-    /// A `tracing` filter: a level (`info`) or directives (`scan_agent_sync=debug,info`).
-    pub level: String,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self { format: LogFormat::default(), level: "info".to_owned() }
     }
 }
 
@@ -508,19 +482,6 @@ macro_rules! finished_by_serde {
 }
 
 finished_by_serde!(HttpSettings);
-
-impl Finish for LogSettings {
-    type Output = Self;
-
-    /// Checks the filter here, with the telemetry's own parser, so a typo is reported with
-    /// the other problems and its source instead of when logging starts.
-    fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self {
-        if let Err(error) = crate::telemetry::parse_filter(&self.level) {
-            problems.push(ConfigProblem::new("log.level", error, crate::telemetry::FILTER_FIX));
-        }
-        self
-    }
-}
 
 #[cfg(test)]
 mod tests {
