@@ -112,7 +112,10 @@ impl Permit {
     /// commit and the trip back), so it is no earlier than when the request really left:
     /// the server counts arrivals, and a call recorded too early would let the next window
     /// open too soon.
-    pub async fn finish(self, status: Option<u16>, retry_after: Option<Duration>) -> Result<(), StoreError> {
-        self.store.finish_call(self.call_id, self.lag, status, retry_after).await
+    ///
+    /// A ledger failure is a [`BudgetError::Store`], so a store error reaches the client's
+    /// callers one way only: through the budget.
+    pub async fn finish(self, status: Option<u16>, retry_after: Option<Duration>) -> Result<(), BudgetError> {
+        Ok(self.store.finish_call(self.call_id, self.lag, status, retry_after).await?)
     }
 }
