@@ -4,7 +4,8 @@
 //! `ledger` the rate-budget ledger, `runs` the sync-run records, `alerts` the stale episodes
 //! and their outbox (whose payloads are the `notification` types), `history` the read side
 //! of one agent's history, `invariants` the consistency checks across all of them,
-//! `retention` partitions and deleting old rows. SQL stays next to the code that uses it.
+//! `retention` partitions and deleting old rows, `summary` the demo's counts, `database`
+//! the demo's own database. SQL stays next to the code that uses it.
 //!
 //! Advisory locks used (all transaction-scoped unless noted), in one place so keys never clash:
 //! - [`APPLY_LOCK`]: serializes batch application, so concurrent appliers behave as if in sequence.
@@ -15,6 +16,7 @@
 
 pub mod alerts;
 pub mod apply;
+pub mod database;
 pub mod fleet;
 pub mod history;
 pub mod invariants;
@@ -27,6 +29,7 @@ mod payload;
 pub mod retention;
 pub mod runs;
 pub mod stale;
+pub mod summary;
 
 use std::collections::HashSet;
 use std::str::FromStr;
