@@ -52,8 +52,10 @@ pub async fn run() -> anyhow::Result<()> {
     let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
     store.migrate().await?;
     store.set_stale_after(settings.stale.after).await?;
-    let syncer = Syncer::from_settings(&settings, store.clone())?;
-    let targets = Targets { ids: settings.agents.ids.clone(), track_all: false };
+    // The demo's configuration has no [[tenants]]: its one tenant is the default.
+    let tenant = &settings.tenants()[0];
+    let syncer = Syncer::for_tenant(tenant, &settings.stale, store.clone())?;
+    let targets = Targets { ids: tenant.agents.ids.clone(), track_all: false };
 
     for cycle in 1..=CYCLES {
         let report = syncer.run_cycle(&targets, &CycleOptions::default()).await?;
