@@ -398,18 +398,14 @@ impl Daemon {
     }
 
     async fn record_staleness(&self) {
-        for tenant in &self.tenants {
-            let store = &tenant.syncer.store;
-            let now = chrono::Utc::now();
-            match alerts::evaluate(store, &self.settings.stale, &self.settings.alerts, now).await {
-                Ok(seen) => self.metrics.set_agent_counts(seen.tracked, seen.stale_now, seen.missing_now),
-                Err(error) => {
-                    tracing::error!(%error, "evaluating stale agents failed; retrying at the next check")
-                }
+        let store = &self.store;
+        match alerts::evaluate(store, &self.settings.stale, &self.settings.alerts, chrono::Utc::now()).await {
+            Ok(seen) => self.metrics.set_agent_counts(seen.tracked, seen.stale_now, seen.missing_now),
+            Err(error) => {
+                tracing::error!(%error, "evaluating stale agents failed; retrying at the next check")
             }
         }
-        if let Err(error) =
-            refresh_agent_series(&self.store, &self.metrics, self.settings.http.agent_series).await
+        if let Err(error) = refresh_agent_series(store, &self.metrics, self.settings.http.agent_series).await
         {
             tracing::warn!(%error, "reading lastSeen for the per-agent metrics failed");
         }

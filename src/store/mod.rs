@@ -5,7 +5,8 @@
 //! and their outbox (whose payloads are the `notification` types), `history` the read side
 //! of one agent's history, `invariants` the consistency checks across all of them,
 //! `retention` partitions and deleting old rows, `summary` the demo's counts, `database`
-//! the demo's own database. SQL stays next to the code that uses it.
+//! the demo's own database. SQL stays next to the code that uses it. A sync cycle reaches
+//! its statements through `tenant::TenantStore`, which binds the tenant.
 //!
 //! Advisory locks used (all transaction-scoped unless noted), in one place so keys never clash:
 //! - [`APPLY_LOCK`]: serializes batch application, so concurrent appliers behave as if in sequence.
@@ -30,6 +31,7 @@ pub mod retention;
 pub mod runs;
 pub mod stale;
 pub mod summary;
+pub mod tenant;
 
 use std::collections::HashSet;
 use std::str::FromStr;
