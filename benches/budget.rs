@@ -139,7 +139,7 @@ async fn run(scenario: &Scenario, span: Duration) -> anyhow::Result<Outcome> {
     ));
     let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
     store.migrate().await?;
-    let syncer = Syncer::from_settings(&settings, store)?;
+    let syncer = Syncer::for_tenant(&settings.tenants()[0], &settings.stale, store)?;
     let ids = sim.agent_ids().iter().map(|id| AgentId::from_api(id)).collect::<Result<Vec<_>, _>>()?;
     let targets = Targets { ids, track_all: false };
 

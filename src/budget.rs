@@ -2,7 +2,7 @@
 //! holds more than `calls` requests in ANY interval of length `per`.
 //!
 //! Not a token bucket (a GCRA such as `governor` can put twice the quota into one sliding
-//! minute): slots are granted from the persisted ledger ([`Store::take_slot`]), which makes
+//! minute): slots are granted from the persisted ledger ([`TenantStore::take_slot`]), which makes
 //! the guarantee hold across restarts and across processes sharing the database. At most
 //! `max_in_flight` requests run at once, so a slow API still gets the whole budget.
 
@@ -13,8 +13,9 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::rate_window::RateWindow;
+use crate::store::StoreError;
 use crate::store::ledger::Slot;
-use crate::store::{Store, StoreError};
+use crate::store::tenant::TenantStore;
 
 /// Used when a 429 carries no usable `Retry-After`: long enough to let a minute window drain
 /// noticeably, short enough not to stall a cycle.
@@ -23,7 +24,8 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Shared by every request of a process.
 #[derive(Debug, Clone)]
 pub struct Budget {
-    store: Store,
+    /// The tenant's ledger: the limits are per app registration and tenant.
+    store: TenantStore,
     windows: Arc<[RateWindow]>,
     in_flight: Arc<Semaphore>,
     /// The one request of this process asking the ledger for a slot; the others queue here
@@ -47,7 +49,7 @@ pub enum BudgetError {
 /// [`Permit::finish`] leaves the call counted with no status, which is the safe reading.
 #[derive(Debug)]
 pub struct Permit {
-    store: Store,
+    store: TenantStore,
     call_id: i64,
     /// How much later than its recorded time the request leaves, at least (see
     /// [`Grant::lag`](crate::store::ledger::Grant::lag) and [`Permit::finish`]).
@@ -57,7 +59,7 @@ pub struct Permit {
 
 impl Budget {
     /// A budget over `windows` allowing `max_in_flight` concurrent requests.
-    pub fn new(store: Store, windows: &[RateWindow], max_in_flight: usize) -> Budget {
+    pub fn new(store: TenantStore, windows: &[RateWindow], max_in_flight: usize) -> Budget {
         Budget {
             store,
             windows: windows.into(),
@@ -112,7 +114,10 @@ impl Permit {
     /// commit and the trip back), so it is no earlier than when the request really left:
     /// the server counts arrivals, and a call recorded too early would let the next window
     /// open too soon.
-    pub async fn finish(self, status: Option<u16>, retry_after: Option<Duration>) -> Result<(), StoreError> {
-        self.store.finish_call(self.call_id, self.lag, status, retry_after).await
+    ///
+    /// A ledger failure is a [`BudgetError::Store`], so a store error reaches the client's
+    /// callers one way only: through the budget.
+    pub async fn finish(self, status: Option<u16>, retry_after: Option<Duration>) -> Result<(), BudgetError> {
+        Ok(self.store.finish_call(self.call_id, self.lag, status, retry_after).await?)
     }
 }

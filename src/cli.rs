@@ -245,26 +245,25 @@ fn describe(error: &anyhow::Error) -> String {
 /// `run`: the daemon, until SIGTERM or SIGINT.
 async fn run(globals: &Globals) -> Result<ExitCode, Failure> {
     let settings = globals.configure()?;
-    settings.defender.require_api_credentials()?;
+    for tenant in settings.tenants() {
+        tenant.defender.require_api_credentials()?;
+    }
     crate::daemon::run(settings, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// `sync [--dry-run]`: one cycle now, bounded like a scheduled one (no request starts
-/// after the next scheduled tick), then a summary. Exit 0 all fetched, 2 partial, 1 nothing.
+/// `sync [--dry-run]`: one cycle now per tenant, bounded like a scheduled one (no request
+/// starts after the next scheduled tick), then a summary. Exit 0 all fetched, 2 partial,
+/// 1 nothing.
 async fn sync(globals: &Globals, args: SyncArgs) -> Result<ExitCode, Failure> {
     let settings = globals.configure()?;
-    settings.defender.require_api_credentials()?;
+    for tenant in settings.tenants() {
+        tenant.defender.require_api_credentials()?;
+    }
     let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
     if !args.dry_run {
         // A dry run writes nothing but the ledger, so it expects an already migrated schema.
         store.migrate().await?;
-    }
-    let syncer = Syncer::from_settings(&settings, store)?;
-    let targets = Targets { ids: settings.agents.ids.clone(), track_all: settings.agents.track_all };
-    if targets.ids.is_empty() && !targets.track_all {
-        eprintln!("nothing to sync: agents.ids and agents.ids_file are empty and agents.track_all is false");
-        return Ok(ExitCode::SUCCESS);
     }
     let now = chrono::Utc::now();
     let deadline = settings
@@ -283,10 +282,35 @@ async fn sync(globals: &Globals, args: SyncArgs) -> Result<ExitCode, Failure> {
         shutdown_signal().await;
         cancel.cancel();
     });
-    let report = syncer.run_cycle(&targets, &options).await.map_err(anyhow::Error::from)?;
+    let mut codes = Vec::new();
+    for tenant in settings.tenants() {
+        let syncer = Syncer::for_tenant(tenant, &settings.stale, store.clone())?;
+        let targets = Targets { ids: tenant.agents.ids.clone(), track_all: tenant.agents.track_all };
+        if targets.ids.is_empty() && !targets.track_all {
+            eprintln!(
+                "nothing to sync: agents.ids and agents.ids_file are empty and agents.track_all is false"
+            );
+            codes.push(0);
+            continue;
+        }
+        let report = syncer.run_cycle(&targets, &options).await.map_err(anyhow::Error::from)?;
+        print!("{report}");
+        codes.push(report.exit_code());
+    }
     interrupt.abort();
-    print!("{report}");
-    Ok(ExitCode::from(report.exit_code()))
+    Ok(ExitCode::from(combined_exit_code(&codes)))
+}
+
+/// One exit code for several tenants' cycles: 0 when all fetched everything, 1 when none
+/// fetched anything, else 2 (partial), as for the agents of one cycle.
+fn combined_exit_code(codes: &[u8]) -> u8 {
+    if codes.iter().all(|&code| code == 0) {
+        0
+    } else if codes.iter().all(|&code| code == 1) {
+        1
+    } else {
+        2
+    }
 }
 
 /// `migrate`: applies pending migrations and lists them.
@@ -310,14 +334,18 @@ async fn check_config(globals: &Globals, args: CheckConfigArgs) -> Result<ExitCo
     let settings = globals.configure()?;
     print!("{}", settings.redacted());
     println!("\n# configuration: OK");
-    settings.defender.require_api_credentials()?;
+    for tenant in settings.tenants() {
+        tenant.defender.require_api_credentials()?;
+    }
     println!("# API credentials: OK (tenant_id, client_id and the client secret are set)");
     if args.connect {
         let store = Store::connect(&settings.database.url, 1).await?;
         println!("# database: OK (connected)");
-        let syncer = Syncer::from_settings(&settings, store)?;
-        syncer.client.check_token().await.map_err(anyhow::Error::from)?;
-        println!("# access token: OK (issued by {})", settings.defender.token_url);
+        for tenant in settings.tenants() {
+            let syncer = Syncer::for_tenant(tenant, &settings.stale, store.clone())?;
+            syncer.client.check_token().await.map_err(anyhow::Error::from)?;
+            println!("# access token: OK (issued by {})", tenant.defender.token_url);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,8 +13,11 @@ mod defender;
 mod error;
 mod exposure;
 mod http;
+mod log;
+mod rate_limit;
 mod retention;
 mod show;
+mod tenant;
 mod url;
 
 use std::collections::HashMap;
@@ -23,23 +26,22 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 
 pub use self::agents::{AgentsSettings, parse_ids_file};
 pub use self::alerts::{AlertFormat, AlertSettings};
 pub use self::defender::{Cloud, DefenderSettings, FetchMode};
 pub use self::error::{ConfigError, ConfigProblem};
 pub use self::http::{AgentSeries, HttpSettings};
+pub use self::log::{FILTER_FIX, LogFormat, LogSettings, parse_filter};
+pub use self::rate_limit::RateLimitSettings;
 pub use self::retention::{Keep, LEDGER_MARGIN, RetentionSettings, ledger_keep};
+pub use self::tenant::TenantSettings;
 pub(crate) use self::url::redact_url;
-use crate::rate_window::RateWindow;
+pub use crate::tenant_name::DEFAULT_TENANT;
 
 /// Prefix of the environment variables that override keys; `__` separates section and key.
 const ENV_PREFIX: &str = "SCAN_AGENT_SYNC__";
-
-/// The name of the one tenant of a configuration without `[[tenants]]` (PRODUCT.md,
-/// "Tenants"): it names that tenant's rows, metrics and alerts.
-pub const DEFAULT_TENANT: &str = "default";
 
 /// Consulted when `database.url` is unset, because every PostgreSQL tool (and sqlx) reads it.
 const DATABASE_URL_VAR: &str = "DATABASE_URL";
@@ -47,11 +49,11 @@ const DATABASE_URL_VAR: &str = "DATABASE_URL";
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The Defender API connection.
+    /// `[defender]`: the Defender API connection, as written (what every tenant starts from).
     pub defender: DefenderSettings,
-    /// The API budget.
+    /// `[rate_limit]`: the API budget, as written.
     pub rate_limit: RateLimitSettings,
-    /// Which agents to track.
+    /// `[agents]`: which agents to track, as written.
     pub agents: AgentsSettings,
     /// When sync cycles run.
     pub schedule: ScheduleSettings,
@@ -70,23 +72,8 @@ pub struct Settings {
     /// Problems worth an operator's attention that do not stop the service, such as a
     /// password in a config file every local user may read; logged once logging starts.
     pub warnings: Vec<String>,
-}
-
-/// The API budget: every window holds in any interval of its length.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitSettings {
-    /// Sliding windows; all of them apply.
-    #[serde(deserialize_with = "de::rate_windows")]
-    pub windows: Vec<RateWindow>,
-    /// Requests allowed in flight at once.
-    pub max_in_flight: usize,
-}
-
-impl Default for RateLimitSettings {
-    fn default() -> Self {
-        Self { windows: RateWindow::defender_defaults(), max_in_flight: 4 }
-    }
+    /// The tenants to sync, each with its effective settings; see [`Settings::tenants`].
+    tenants: Vec<TenantSettings>,
 }
 
 /// When sync cycles run.
@@ -143,35 +130,14 @@ impl Default for StaleSettings {
     }
 }
 
-/// Log line format; also the value of `--log-format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines, for a terminal or the journal.
-    #[default]
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
-
-/// Log output.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSettings {
-    /// Line format.
-    #[serde(deserialize_with = "de::variant")]
-    pub format: LogFormat,
-    /// A `tracing` filter: a level (`info`) or directives (`scan_agent_sync=debug,info`).
-    pub level: String,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self { format: LogFormat::default(), level: "info".to_owned() }
-    }
-}
-
 impl Settings {
+    /// The tenants to sync, in configuration order, each with its own connection, budget
+    /// and agents. A configuration without `[[tenants]]` has one, [`DEFAULT_TENANT`], made of
+    /// the `[defender]`, `[rate_limit]` and `[agents]` sections.
+    pub fn tenants(&self) -> &[TenantSettings] {
+        &self.tenants
+    }
+
     /// Loads `path` with overrides from the process environment.
     ///
     /// Variables that are not valid Unicode are skipped; none of ours can need that.
@@ -248,6 +214,7 @@ impl Settings {
                 Some(log),
                 Some(retention),
             ) if problems.is_empty() => Ok(Settings {
+                tenants: vec![TenantSettings::single(&defender, &rate_limit, &agents)],
                 defender,
                 rate_limit,
                 agents,
@@ -413,44 +380,6 @@ impl Finish for RawDatabase {
     }
 }
 
-impl Finish for RateLimitSettings {
-    type Output = Self;
-
-    fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self {
-        if self.windows.is_empty() {
-            problems.push(ConfigProblem::new(
-                "rate_limit.windows",
-                "is empty, so nothing would bound the API calls",
-                "list at least one window, e.g. [ { calls = 100, per = \"1m\" }, { calls = 1500, per = \"1h\" } ]",
-            ));
-        }
-        for (index, window) in self.windows.iter().enumerate() {
-            if window.calls == 0 {
-                problems.push(ConfigProblem::new(
-                    &format!("rate_limit.windows[{index}].calls"),
-                    "is 0, so no call could ever be made",
-                    "set it to at least 1",
-                ));
-            }
-            if window.per.is_zero() {
-                problems.push(ConfigProblem::new(
-                    &format!("rate_limit.windows[{index}].per"),
-                    "is zero, so the window limits nothing",
-                    "set a duration such as \"1m\"",
-                ));
-            }
-        }
-        if self.max_in_flight == 0 {
-            problems.push(ConfigProblem::new(
-                "rate_limit.max_in_flight",
-                "is 0, so no request could ever start",
-                "set it to at least 1",
-            ));
-        }
-        self
-    }
-}
-
 impl Finish for ScheduleSettings {
     type Output = Self;
 
@@ -508,19 +437,6 @@ macro_rules! finished_by_serde {
 }
 
 finished_by_serde!(HttpSettings);
-
-impl Finish for LogSettings {
-    type Output = Self;
-
-    /// Checks the filter here, with the telemetry's own parser, so a typo is reported with
-    /// the other problems and its source instead of when logging starts.
-    fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self {
-        if let Err(error) = crate::telemetry::parse_filter(&self.level) {
-            problems.push(ConfigProblem::new("log.level", error, crate::telemetry::FILTER_FIX));
-        }
-        self
-    }
-}
 
 #[cfg(test)]
 mod tests {

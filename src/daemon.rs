@@ -2,12 +2,13 @@
 //!
 //! Wiring only: the store (migrated at start), leadership (one active instance per
 //! database), the HTTP endpoints, the alert sender, the retention job, the cron schedule,
-//! and a loop that runs one sync cycle at
-//! a time while this instance leads, reloads the agent list on SIGHUP, pings the systemd
-//! watchdog, and on SIGTERM/SIGINT lets the running cycle apply what it fetched and record
-//! itself `interrupted`.
+//! and a loop that runs one sync cycle at a time per tenant while this instance leads,
+//! reloads the agent lists on SIGHUP, pings the systemd watchdog, and on SIGTERM/SIGINT
+//! lets the running cycles apply what they fetched and record themselves `interrupted`.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts;
-use crate::config::Settings;
+use crate::config::{Settings, TenantSettings};
 use crate::http::{self, HttpState};
 use crate::leader::{LeaderState, Leadership, LeadershipSettings};
 use crate::metrics::{Metrics, refresh_agent_series};
@@ -78,7 +79,11 @@ pub async fn run(
         }
         None => None,
     };
-    let syncer = Syncer::from_settings(&settings, store.clone())?;
+    let tenants = settings
+        .tenants()
+        .iter()
+        .map(|tenant| TenantCycle::new(tenant, &settings, store.clone()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let busy = Busy::default();
     let (schedule, ticks) = Schedule::start(&settings.schedule.cron, busy.clone(), {
         let metrics = metrics.clone();
@@ -105,26 +110,20 @@ pub async fn run(
     notify::ready();
     let mut daemon = Daemon {
         settings,
-        syncer,
+        store,
+        tenants,
         metrics,
         busy,
         leader: leadership.subscribe(),
         cancel: cancel.clone(),
-        targets: Targets::default(),
-        cycle: None,
-        newly_leading: true,
-        cycle_cancel: None,
         call_watermark,
-        tick_waiting: false,
     };
-    daemon.targets =
-        Targets { ids: daemon.settings.agents.ids.clone(), track_all: daemon.settings.agents.track_all };
     daemon.run_loop(ticks).await?;
 
     notify::stopping();
     let stop_by = Instant::now() + SHUTDOWN_GRACE;
     schedule.stop().await;
-    daemon.finish_cycle(stop_by - CLOSING_TIME).await;
+    daemon.finish_cycles(stop_by - CLOSING_TIME).await;
     let close = async {
         leadership.shutdown().await;
         let _ = sender.await;
@@ -180,11 +179,21 @@ async fn connect_and_migrate(
 /// The loop's state.
 struct Daemon {
     settings: Settings,
-    syncer: Syncer,
+    store: Store,
+    /// One entry per configured tenant, each with its own cycle.
+    tenants: Vec<TenantCycle>,
     metrics: Metrics,
     busy: Busy,
     leader: watch::Receiver<LeaderState>,
     cancel: CancellationToken,
+    /// The newest ledger row already counted in the request metrics.
+    call_watermark: i64,
+}
+
+/// One tenant's share of the loop: its syncer, its agents and its running cycle.
+struct TenantCycle {
+    settings: TenantSettings,
+    syncer: Syncer,
     targets: Targets,
     cycle: Option<JoinHandle<Result<CycleReport, SyncError>>>,
     /// Set at start and whenever leadership is lost: the next time this instance leads, a
@@ -193,176 +202,22 @@ struct Daemon {
     newly_leading: bool,
     /// Cancels the running cycle alone, when leadership is lost mid-cycle.
     cycle_cancel: Option<CancellationToken>,
-    /// The newest ledger row already counted in the request metrics.
-    call_watermark: i64,
     /// A tick came while the running cycle, past its deadline, only applied what it fetched:
     /// the next cycle starts as soon as it ends.
     tick_waiting: bool,
 }
 
-impl Daemon {
-    async fn run_loop(&mut self, mut ticks: tokio::sync::mpsc::Receiver<()>) -> anyhow::Result<()> {
-        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        let watchdog_every = notify::watchdog_interval().unwrap_or(Duration::from_secs(3600));
-        let mut watchdog = tokio::time::interval(watchdog_every);
-        // Time alone makes agents stale, so staleness is also checked between cycles.
-        let mut staleness = tokio::time::interval(staleness_interval(self.settings.stale.after));
-        self.maybe_start_cycle();
-        loop {
-            tokio::select! {
-                _ = self.cancel.cancelled() => return Ok(()),
-                Some(()) = ticks.recv() => self.maybe_start_cycle(),
-                changed = self.leader.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
-                    let state = *self.leader.borrow_and_update();
-                    self.metrics.set_leader(state == LeaderState::Leader);
-                    tracing::info!(?state, "leadership changed");
-                    if state != LeaderState::Leader {
-                        self.newly_leading = true;
-                        // Another instance may lead now: stop starting requests, so two
-                        // cycles never run side by side; what was fetched is still applied.
-                        if let Some(cycle) = &self.cycle_cancel {
-                            tracing::warn!("leadership lost; stopping the running cycle");
-                            cycle.cancel();
-                        }
-                    } else if self.newly_leading {
-                        self.maybe_start_cycle();
-                    }
-                }
-                done = wait_for(&mut self.cycle) => self.cycle_finished(done).await,
-                _ = hangup.recv() => self.reload_agents(),
-                _ = watchdog.tick() => notify::watchdog(),
-                _ = staleness.tick() => self.evaluate_staleness().await,
-            }
-        }
-    }
-
-    /// Starts a cycle in the background if this instance leads and none is running.
-    fn maybe_start_cycle(&mut self) {
-        if self.cycle.is_some() {
-            // The scheduler lets a tick through only once the running cycle is past its
-            // deadline (see `Busy`); one that still starts requests skips it.
-            if self.busy.is_busy() {
-                self.metrics.record_skipped_tick();
-            } else {
-                self.tick_waiting = true;
-            }
-            return;
-        }
-        if *self.leader.borrow() != LeaderState::Leader {
-            tracing::debug!("not the active instance; no cycle");
-            return;
-        }
-        let first = std::mem::replace(&mut self.newly_leading, false);
-        let deadline = self.next_tick_deadline();
-        let cancel = self.cancel.child_token();
-        self.cycle_cancel = Some(cancel.clone());
-        let options = CycleOptions { deadline, cancel, ..CycleOptions::default() };
-        let (syncer, targets, guard) = (self.syncer.clone(), self.targets.clone(), self.busy.enter(deadline));
-        self.cycle = Some(tokio::spawn(async move {
-            let _busy = guard;
-            if first {
-                let closed = syncer.store.close_abandoned_runs().await?;
-                if closed > 0 {
-                    tracing::warn!(closed, "marked runs left 'running' by a stopped instance as interrupted");
-                }
-            }
-            syncer.run_cycle(&targets, &options).await
-        }));
-    }
-
-    /// A cycle stops starting requests at the next tick, so the budget left over when a
-    /// cycle cannot cover everyone is not spent late, and the next cycle starts on time.
-    fn next_tick_deadline(&self) -> Option<Instant> {
-        let now = chrono::Utc::now();
-        let next = self.settings.schedule.next_tick(now)?;
-        Some(Instant::now() + (next - now).to_std().unwrap_or_default())
-    }
-
-    async fn cycle_finished(&mut self, done: Result<Result<CycleReport, SyncError>, tokio::task::JoinError>) {
-        self.cycle = None;
-        self.cycle_cancel = None;
-        match done {
-            Ok(Ok(report)) => {
-                let succeeded = matches!(report.exit_code(), 0).then(chrono::Utc::now);
-                self.metrics.record_run(report.status.as_str(), report.elapsed, succeeded);
-                tracing::info!("{}", report.to_string().trim_end());
-            }
-            Ok(Err(error)) => {
-                self.metrics.record_run("failed", Duration::ZERO, None);
-                tracing::error!(%error, "sync cycle could not complete; the next tick retries");
-            }
-            Err(panic) => {
-                self.metrics.record_run("failed", Duration::ZERO, None);
-                tracing::error!(%panic, "sync cycle task failed");
-            }
-        }
-        self.refresh_budget_metrics().await;
-        self.count_api_calls().await;
-        self.evaluate_staleness().await;
-        if std::mem::take(&mut self.tick_waiting) && !self.cancel.is_cancelled() {
-            self.maybe_start_cycle();
-        }
-    }
-
-    /// Opens, repeats and resolves stale episodes (the active instance only, so a standby
-    /// adds no load), and refreshes the agent metrics.
-    async fn evaluate_staleness(&self) {
-        if *self.leader.borrow() != LeaderState::Leader {
-            return;
-        }
-        // A stop does not wait for an evaluation: its transaction rolls back, and the next
-        // start evaluates again.
-        tokio::select! {
-            () = self.record_staleness() => {}
-            () = self.cancel.cancelled() => tracing::info!("staleness evaluation abandoned for the stop"),
-        }
-    }
-
-    async fn record_staleness(&self) {
-        let store = &self.syncer.store;
-        match alerts::evaluate(store, &self.settings.stale, &self.settings.alerts, chrono::Utc::now()).await {
-            Ok(seen) => self.metrics.set_agent_counts(seen.tracked, seen.stale_now, seen.missing_now),
-            Err(error) => {
-                tracing::error!(%error, "evaluating stale agents failed; retrying at the next check")
-            }
-        }
-        if let Err(error) = refresh_agent_series(store, &self.metrics, self.settings.http.agent_series).await
-        {
-            tracing::warn!(%error, "reading lastSeen for the per-agent metrics failed");
-        }
-    }
-
-    /// Turns the ledger rows of the last cycle into request and 429 counters.
-    async fn count_api_calls(&mut self) {
-        match self.syncer.store.calls_since(self.call_watermark).await {
-            Ok((counts, newest)) => {
-                for (endpoint, status, n) in counts {
-                    let code = if status == 0 { "none".to_owned() } else { status.to_string() };
-                    let n = u64::try_from(n).unwrap_or(0);
-                    self.metrics.record_api_requests(&endpoint, &code, n);
-                    if status == 429 {
-                        self.metrics.record_throttled(n);
-                    }
-                }
-                self.call_watermark = newest;
-            }
-            Err(error) => tracing::warn!(%error, "reading the call ledger for the metrics failed"),
-        }
-    }
-
-    async fn refresh_budget_metrics(&self) {
-        let windows = &self.settings.rate_limit.windows;
-        match self.syncer.store.remaining(windows).await {
-            Ok(remaining) => {
-                for (window, left) in windows.iter().zip(remaining) {
-                    self.metrics.set_budget_remaining(&window.label(), left);
-                }
-            }
-            Err(error) => tracing::warn!(%error, "reading the remaining budget failed"),
-        }
+impl TenantCycle {
+    fn new(tenant: &TenantSettings, settings: &Settings, store: Store) -> anyhow::Result<TenantCycle> {
+        Ok(TenantCycle {
+            settings: tenant.clone(),
+            syncer: Syncer::for_tenant(tenant, &settings.stale, store)?,
+            targets: Targets { ids: tenant.agents.ids.clone(), track_all: tenant.agents.track_all },
+            cycle: None,
+            newly_leading: true,
+            cycle_cancel: None,
+            tick_waiting: false,
+        })
     }
 
     /// SIGHUP: re-reads `agents.ids_file`; a broken list is rejected and the old one kept.
@@ -398,16 +253,224 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    async fn run_loop(&mut self, mut ticks: tokio::sync::mpsc::Receiver<()>) -> anyhow::Result<()> {
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let watchdog_every = notify::watchdog_interval().unwrap_or(Duration::from_secs(3600));
+        let mut watchdog = tokio::time::interval(watchdog_every);
+        // Time alone makes agents stale, so staleness is also checked between cycles.
+        let mut staleness = tokio::time::interval(staleness_interval(self.settings.stale.after));
+        self.maybe_start_cycles();
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Ok(()),
+                Some(()) = ticks.recv() => self.maybe_start_cycles(),
+                changed = self.leader.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let state = *self.leader.borrow_and_update();
+                    self.metrics.set_leader(state == LeaderState::Leader);
+                    tracing::info!(?state, "leadership changed");
+                    if state != LeaderState::Leader {
+                        for tenant in &mut self.tenants {
+                            tenant.newly_leading = true;
+                            // Another instance may lead now: stop starting requests, so two
+                            // cycles never run side by side; what was fetched is still applied.
+                            if let Some(cycle) = &tenant.cycle_cancel {
+                                tracing::warn!(tenant = %tenant.settings.name, "leadership lost; stopping the running cycle");
+                                cycle.cancel();
+                            }
+                        }
+                    } else {
+                        for index in 0..self.tenants.len() {
+                            if self.tenants[index].newly_leading {
+                                self.maybe_start_cycle(index);
+                            }
+                        }
+                    }
+                }
+                (index, done) = next_finished(&mut self.tenants) => self.cycle_finished(index, done).await,
+                _ = hangup.recv() => self.tenants.iter_mut().for_each(TenantCycle::reload_agents),
+                _ = watchdog.tick() => notify::watchdog(),
+                _ = staleness.tick() => self.evaluate_staleness().await,
+            }
+        }
+    }
+
+    /// A tick (or the start of leadership, for the tenants that wait for it): starts a cycle
+    /// for every tenant that needs one.
+    fn maybe_start_cycles(&mut self) {
+        for index in 0..self.tenants.len() {
+            self.maybe_start_cycle(index);
+        }
+    }
+
+    /// Starts a cycle of tenant `index` in the background if this instance leads and none
+    /// of that tenant is running.
+    fn maybe_start_cycle(&mut self, index: usize) {
+        let deadline = self.next_tick_deadline();
+        let leading = *self.leader.borrow() == LeaderState::Leader;
+        let tenant = &mut self.tenants[index];
+        if tenant.cycle.is_some() {
+            // The scheduler lets a tick through only once the running cycle is past its
+            // deadline (see `Busy`); one that still starts requests skips it.
+            if self.busy.is_busy() {
+                self.metrics.record_skipped_tick();
+            } else {
+                tenant.tick_waiting = true;
+            }
+            return;
+        }
+        if !leading {
+            tracing::debug!("not the active instance; no cycle");
+            return;
+        }
+        let first = std::mem::replace(&mut tenant.newly_leading, false);
+        let cancel = self.cancel.child_token();
+        tenant.cycle_cancel = Some(cancel.clone());
+        let options = CycleOptions { deadline, cancel, ..CycleOptions::default() };
+        let (syncer, targets, guard) =
+            (tenant.syncer.clone(), tenant.targets.clone(), self.busy.enter(deadline));
+        tenant.cycle = Some(tokio::spawn(async move {
+            let _busy = guard;
+            if first {
+                let closed = syncer.store.close_abandoned_runs().await?;
+                if closed > 0 {
+                    tracing::warn!(closed, "marked runs left 'running' by a stopped instance as interrupted");
+                }
+            }
+            syncer.run_cycle(&targets, &options).await
+        }));
+    }
+
+    /// A cycle stops starting requests at the next tick, so the budget left over when a
+    /// cycle cannot cover everyone is not spent late, and the next cycle starts on time.
+    fn next_tick_deadline(&self) -> Option<Instant> {
+        let now = chrono::Utc::now();
+        let next = self.settings.schedule.next_tick(now)?;
+        Some(Instant::now() + (next - now).to_std().unwrap_or_default())
+    }
+
+    async fn cycle_finished(
+        &mut self,
+        index: usize,
+        done: Result<Result<CycleReport, SyncError>, tokio::task::JoinError>,
+    ) {
+        let tenant = &mut self.tenants[index];
+        tenant.cycle = None;
+        tenant.cycle_cancel = None;
+        match done {
+            Ok(Ok(report)) => {
+                let succeeded = matches!(report.exit_code(), 0).then(chrono::Utc::now);
+                self.metrics.record_run(report.status.as_str(), report.elapsed, succeeded);
+                tracing::info!("{}", report.to_string().trim_end());
+            }
+            Ok(Err(error)) => {
+                self.metrics.record_run("failed", Duration::ZERO, None);
+                tracing::error!(%error, "sync cycle could not complete; the next tick retries");
+            }
+            Err(panic) => {
+                self.metrics.record_run("failed", Duration::ZERO, None);
+                tracing::error!(%panic, "sync cycle task failed");
+            }
+        }
+        self.refresh_budget_metrics(index).await;
+        self.count_api_calls().await;
+        self.evaluate_staleness().await;
+        if std::mem::take(&mut self.tenants[index].tick_waiting) && !self.cancel.is_cancelled() {
+            self.maybe_start_cycle(index);
+        }
+    }
+
+    /// Opens, repeats and resolves stale episodes (the active instance only, so a standby
+    /// adds no load), and refreshes the agent metrics.
+    async fn evaluate_staleness(&self) {
+        if *self.leader.borrow() != LeaderState::Leader {
+            return;
+        }
+        // A stop does not wait for an evaluation: its transaction rolls back, and the next
+        // start evaluates again.
+        tokio::select! {
+            () = self.record_staleness() => {}
+            () = self.cancel.cancelled() => tracing::info!("staleness evaluation abandoned for the stop"),
+        }
+    }
+
+    async fn record_staleness(&self) {
+        let store = &self.store;
+        match alerts::evaluate(store, &self.settings.stale, &self.settings.alerts, chrono::Utc::now()).await {
+            Ok(seen) => self.metrics.set_agent_counts(seen.tracked, seen.stale_now, seen.missing_now),
+            Err(error) => {
+                tracing::error!(%error, "evaluating stale agents failed; retrying at the next check")
+            }
+        }
+        if let Err(error) = refresh_agent_series(store, &self.metrics, self.settings.http.agent_series).await
+        {
+            tracing::warn!(%error, "reading lastSeen for the per-agent metrics failed");
+        }
+    }
+
+    /// Turns the ledger rows of the last cycle into request and 429 counters.
+    async fn count_api_calls(&mut self) {
+        match self.store.calls_since(self.call_watermark).await {
+            Ok((counts, newest)) => {
+                for (endpoint, status, n) in counts {
+                    let code = if status == 0 { "none".to_owned() } else { status.to_string() };
+                    let n = u64::try_from(n).unwrap_or(0);
+                    self.metrics.record_api_requests(&endpoint, &code, n);
+                    if status == 429 {
+                        self.metrics.record_throttled(n);
+                    }
+                }
+                self.call_watermark = newest;
+            }
+            Err(error) => tracing::warn!(%error, "reading the call ledger for the metrics failed"),
+        }
+    }
+
+    /// The budget left in each of tenant `index`'s windows.
+    async fn refresh_budget_metrics(&self, index: usize) {
+        let tenant = &self.tenants[index];
+        let windows = &tenant.settings.rate_limit.windows;
+        match tenant.syncer.store.remaining(windows).await {
+            Ok(remaining) => {
+                for (window, left) in windows.iter().zip(remaining) {
+                    self.metrics.set_budget_remaining(&window.label(), left);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading the remaining budget failed"),
+        }
+    }
+
+    /// At shutdown: lets every running cycle apply what it fetched, until `until`.
+    async fn finish_cycles(&mut self, until: Instant) {
+        for tenant in &mut self.tenants {
+            tenant.finish_cycle(until).await;
+        }
+    }
+}
+
 /// Often enough that an agent is reported stale within a few percent of `stale.after`,
 /// never more than once a second or less than once a minute.
 fn staleness_interval(after: Duration) -> Duration {
     (after / 20).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
-/// Completes when the running cycle does; never while none runs.
-async fn wait_for<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
-    match task {
-        Some(handle) => handle.await,
-        None => std::future::pending().await,
-    }
+/// Completes when one tenant's running cycle does, with that tenant's index; never while
+/// none runs.
+async fn next_finished(
+    tenants: &mut [TenantCycle],
+) -> (usize, Result<Result<CycleReport, SyncError>, tokio::task::JoinError>) {
+    std::future::poll_fn(|cx| {
+        for (index, tenant) in tenants.iter_mut().enumerate() {
+            if let Some(handle) = &mut tenant.cycle
+                && let Poll::Ready(done) = Pin::new(handle).poll(cx)
+            {
+                return Poll::Ready((index, done));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }

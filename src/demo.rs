@@ -15,6 +15,8 @@ use sqlx::{Connection, PgConnection};
 
 use crate::config::Settings;
 use crate::simulator::{self, FieldCase, SimulatorOptions};
+use crate::store::database::recreate_database;
+use crate::store::summary::{ScannerUpgrade, TableCounts};
 use crate::store::{Store, describe};
 use crate::sync::{CycleOptions, Syncer, Targets};
 
@@ -50,8 +52,10 @@ pub async fn run() -> anyhow::Result<()> {
     let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
     store.migrate().await?;
     store.set_stale_after(settings.stale.after).await?;
-    let syncer = Syncer::from_settings(&settings, store.clone())?;
-    let targets = Targets { ids: settings.agents.ids.clone(), track_all: false };
+    // The demo's configuration has no [[tenants]]: its one tenant is the default.
+    let tenant = &settings.tenants()[0];
+    let syncer = Syncer::for_tenant(tenant, &settings.stale, store.clone())?;
+    let targets = Targets { ids: tenant.agents.ids.clone(), track_all: false };
 
     for cycle in 1..=CYCLES {
         let report = syncer.run_cycle(&targets, &CycleOptions::default()).await?;
@@ -86,14 +90,7 @@ async fn prepare_database() -> anyhow::Result<String> {
             describe(&options)
         )
     })?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)")))
-        .execute(&mut admin)
-        .await
-        .context("dropping the previous demo database")?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DEMO_DATABASE}")))
-        .execute(&mut admin)
-        .await
-        .context("creating the demo database (does this user have CREATEDB?)")?;
+    recreate_database(&mut admin, DEMO_DATABASE).await.context("recreating the demo database")?;
     let demo = options.database(DEMO_DATABASE);
     println!("Database: {} (recreated for the demo)", describe(&demo));
     Ok(url_for(&server, DEMO_DATABASE))
@@ -147,28 +144,15 @@ fn demo_settings(sim: &simulator::SimulatorHandle, database_url: &str) -> anyhow
 
 /// Prints what the cycles left in the tables.
 async fn summarize(store: &Store, sim: &simulator::SimulatorHandle) -> anyhow::Result<()> {
-    let pool = store.pool();
-    let (agents, versions, seen, runs): (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM scan_agents), (SELECT count(*) FROM scan_agent_versions),
-                (SELECT count(*) FROM scan_agent_last_seen), (SELECT count(*) FROM sync_runs)",
-    )
-    .fetch_one(pool)
-    .await?;
+    let TableCounts { agents, versions, last_seen, runs } = store.table_counts().await?;
     println!(
-        "\nAfter {runs} cycles: {agents} agents, {versions} version rows, {seen} distinct lastSeen values"
+        "\nAfter {runs} cycles: {agents} agents, {versions} version rows, {last_seen} distinct lastSeen values"
     );
-    let upgrades: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT v.agent_id, p.scanner_software_version, v.scanner_software_version
-         FROM scan_agent_versions v
-         JOIN scan_agent_versions p ON p.agent_id = v.agent_id AND p.valid_to = v.valid_from
-         ORDER BY v.valid_from, v.agent_id",
-    )
-    .fetch_all(pool)
-    .await?;
+    let upgrades = store.scanner_upgrades().await?;
     println!("Version changes recorded: {}", upgrades.len());
-    for (agent, old, new) in upgrades.iter().take(8) {
+    for ScannerUpgrade { agent_id, old, new } in upgrades.iter().take(8) {
         let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "null".into());
-        println!("  {agent}: scanner {} -> {}", show(old), show(new));
+        println!("  {agent_id}: scanner {} -> {}", show(old), show(new));
     }
     let stale = store.stale_agents().await?;
     println!("Stale or missing now (stale.after = {STALE_AFTER}): {}", stale.len());

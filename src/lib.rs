@@ -24,3 +24,4 @@ pub mod simulator;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod tenant_name;

@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{ConfigError, ConfigProblem, LogFormat, LogSettings};
+use crate::config::{ConfigError, ConfigProblem, FILTER_FIX, LogFormat, LogSettings, parse_filter};
 
 /// Set by systemd when stderr goes to the journal, which timestamps lines itself.
 const JOURNAL_STREAM_VAR: &str = "JOURNAL_STREAM";
@@ -18,10 +18,6 @@ const RUST_LOG_VAR: &str = "RUST_LOG";
 
 /// Levels from quietest to loudest, for `-v`/`-q` to step through.
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-
-/// How to write a filter, for every message about an invalid one.
-pub(crate) const FILTER_FIX: &str =
-    "write a level (error, warn, info, debug, trace) or directives such as \"scan_agent_sync=debug,info\"";
 
 /// Installs the global subscriber. `verbosity` is the number of `-v` minus the number of
 /// `-q`: each step moves every level in the filter one step louder or quieter.
@@ -49,14 +45,6 @@ pub fn init(log: &LogSettings, verbosity: i8) -> Result<(), ConfigError> {
     };
     installed.expect("telemetry is initialised once per process");
     Ok(())
-}
-
-/// Parses a filter in `EnvFilter` syntax, for config validation and [`init`]; the error
-/// quotes the filter and says what is wrong with it.
-pub fn parse_filter(directives: &str) -> Result<EnvFilter, String> {
-    EnvFilter::builder()
-        .parse(directives)
-        .map_err(|error| format!("{directives:?} is not a valid log filter: {error}"))
 }
 
 /// The filter in effect: `rust_log` (if set and not empty) or `log.level`, shifted by

@@ -19,7 +19,7 @@ fn syncer(sim: &SimulatorHandle, pool: &PgPool) -> Syncer {
         "{}fetch_mode = \"list\"\nmax_retries = 1\nrequest_timeout = \"5s\"\n",
         sim.defender_config()
     ));
-    Syncer::from_settings(&settings, Store::from_pool(pool.clone())).unwrap()
+    Syncer::for_tenant(&settings.tenants()[0], &settings.stale, Store::from_pool(pool.clone())).unwrap()
 }
 
 async fn fleet(agents: usize, seed: u64) -> SimulatorHandle {

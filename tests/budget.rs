@@ -8,6 +8,7 @@ use scan_agent_sync::budget::{Budget, BudgetError};
 use scan_agent_sync::rate_window::RateWindow;
 use scan_agent_sync::store::Store;
 use scan_agent_sync::store::ledger::Slot;
+use scan_agent_sync::tenant_name::TenantName;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
@@ -52,13 +53,14 @@ async fn a_full_window_says_how_long_to_wait() {
 async fn every_window_applies_and_the_ledger_survives_a_restart() {
     let pool = support::fresh_pool().await;
     let windows = [window(100, 1000), window(8, 60_000)];
-    let first = Budget::new(Store::from_pool(pool.clone()), &windows, 4);
+    let first = Budget::new(Store::from_pool(pool.clone()).for_tenant(TenantName::default()), &windows, 4);
     for _ in 0..5 {
         first.acquire("list", None).await.unwrap().finish(Some(200), None).await.unwrap();
     }
     drop(first);
     // A new process: it must see the five calls already made.
-    let restarted = Budget::new(Store::from_pool(pool.clone()), &windows, 4);
+    let restarted =
+        Budget::new(Store::from_pool(pool.clone()).for_tenant(TenantName::default()), &windows, 4);
     assert_eq!(restarted.remaining().await.unwrap(), vec![95, 3]);
     let deadline = Some(Instant::now() + Duration::from_millis(500));
     for _ in 0..3 {
@@ -76,8 +78,8 @@ async fn two_processes_sharing_the_database_never_exceed_a_window() {
         .await
         .unwrap();
     let windows = [window(10, 1000)];
-    let a = Budget::new(Store::from_pool(pool.clone()), &windows, 4);
-    let b = Budget::new(Store::from_pool(other_pool), &windows, 4);
+    let a = Budget::new(Store::from_pool(pool.clone()).for_tenant(TenantName::default()), &windows, 4);
+    let b = Budget::new(Store::from_pool(other_pool).for_tenant(TenantName::default()), &windows, 4);
     let take = |budget: Budget| async move {
         for _ in 0..15 {
             budget.acquire("by-id", None).await.unwrap().finish(Some(200), None).await.unwrap();
@@ -93,7 +95,11 @@ async fn two_processes_sharing_the_database_never_exceed_a_window() {
 #[tokio::test]
 async fn a_429_pauses_every_request_for_its_retry_after() {
     let pool = support::fresh_pool().await;
-    let budget = Budget::new(Store::from_pool(pool.clone()), &[window(100, 60_000)], 4);
+    let budget = Budget::new(
+        Store::from_pool(pool.clone()).for_tenant(TenantName::default()),
+        &[window(100, 60_000)],
+        4,
+    );
     let permit = budget.acquire("by-id", None).await.unwrap();
     permit.finish(Some(429), Some(Duration::from_millis(700))).await.unwrap();
     // Another process sees the pause too.

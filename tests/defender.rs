@@ -13,6 +13,7 @@ use scan_agent_sync::defender::{ApiError, DefenderClient, TokenFailure, agent_ur
 use scan_agent_sync::rate_window::RateWindow;
 use scan_agent_sync::simulator::{self, Envelope, Faults, FieldCase, SimulatorHandle, SimulatorOptions};
 use scan_agent_sync::store::Store;
+use scan_agent_sync::tenant_name::TenantName;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -48,7 +49,7 @@ async fn roomy_budget() -> Budget {
 }
 
 fn budget_with(store: Store, window: RateWindow) -> Budget {
-    Budget::new(store, &[window], 4)
+    Budget::new(store.for_tenant(TenantName::default()), &[window], 4)
 }
 
 fn client(settings: &DefenderSettings, secret: &str, budget: Budget) -> DefenderClient {

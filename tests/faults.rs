@@ -77,7 +77,8 @@ impl Bench {
             "{}fetch_mode = \"{mode}\"\nmax_retries = 1\nrequest_timeout = \"{REQUEST_TIMEOUT}\"\n",
             self.sim.defender_config()
         ));
-        let syncer = Syncer::from_settings(&settings, Store::from_pool(pool.clone())).expect("a syncer");
+        let store = Store::from_pool(pool.clone());
+        let syncer = Syncer::for_tenant(&settings.tenants()[0], &settings.stale, store).expect("a syncer");
         syncer.run_cycle(&self.targets, &CycleOptions::default()).await
     }
 

@@ -25,7 +25,7 @@ fn config(sim: &SimulatorHandle, mode: &str, windows: &str) -> Settings {
 }
 
 fn syncer(settings: &Settings, pool: &PgPool) -> Syncer {
-    Syncer::from_settings(settings, Store::from_pool(pool.clone())).unwrap()
+    Syncer::for_tenant(&settings.tenants()[0], &settings.stale, Store::from_pool(pool.clone())).unwrap()
 }
 
 fn ids(sim: &SimulatorHandle) -> Vec<AgentId> {
@@ -81,9 +81,11 @@ async fn every_agent_answering_404_marks_nothing_missing_and_fails_the_cycle() {
     let targets = Targets { ids: ids(&sim), track_all: false };
     syncer(&settings, &pool).run_cycle(&targets, &CycleOptions::default()).await.unwrap();
 
-    let mut wrong_path = settings.clone();
+    let mut wrong_path = settings.tenants()[0].clone();
     wrong_path.defender.api_base_url.push_str("/v2");
-    let report = syncer(&wrong_path, &pool).run_cycle(&targets, &CycleOptions::default()).await.unwrap();
+    let wrong_syncer =
+        Syncer::for_tenant(&wrong_path, &settings.stale, Store::from_pool(pool.clone())).unwrap();
+    let report = wrong_syncer.run_cycle(&targets, &CycleOptions::default()).await.unwrap();
     assert_eq!((report.status, report.missing, report.exit_code()), (RunStatus::Failed, 0, 1), "{report}");
     assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents WHERE missing_since IS NULL").await, 6);
     let error: String = sqlx::query_scalar("SELECT error FROM sync_runs ORDER BY run_id DESC LIMIT 1")

@@ -17,11 +17,10 @@
 //! `startsAt`); a generic JSON receiver may see up to `max_batch` events twice.
 
 mod evaluate;
-mod event;
 pub mod payload;
 mod sender;
 
 pub use self::evaluate::evaluate;
-pub use self::event::{AlertEvent, AlertStatus, FLEET_HINT, FleetEvent, Notification};
 pub use self::sender::{DeliveryReport, deliver_pending, run_sender, webhook_client};
 pub use crate::store::alerts::Evaluation;
+pub use crate::store::notification::{AlertEvent, AlertStatus, FLEET_HINT, FleetEvent, Notification};

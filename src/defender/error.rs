@@ -10,17 +10,13 @@ use serde_json::Value;
 
 use crate::agent::RecordError;
 use crate::budget::BudgetError;
-use crate::store::StoreError;
 
 /// A failed Defender API call or token request.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// No budget slot before the deadline, or the ledger could not be written.
+    /// No budget slot before the deadline, or the ledger could not be read or written.
     #[error(transparent)]
     Budget(#[from] BudgetError),
-    /// Recording a call's answer in the ledger failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
     /// 400: the request itself is wrong; sending it again cannot help.
     #[error(
         "the Defender API rejected the request as invalid (HTTP 400{detail}); \
@@ -106,7 +102,7 @@ impl ApiError {
     /// cut-off bodies, an unreachable token endpoint, a database hiccup).
     pub fn is_transient(&self) -> bool {
         match self {
-            ApiError::Budget(BudgetError::Store(e)) | ApiError::Store(e) => e.is_transient(),
+            ApiError::Budget(BudgetError::Store(e)) => e.is_transient(),
             ApiError::Budget(BudgetError::Exhausted) => false,
             ApiError::Status { status, .. } => *status == 429 || (500..600).contains(status),
             ApiError::Token { kind, .. } => kind.is_transient(),
@@ -133,7 +129,7 @@ impl ApiError {
             | ApiError::NotFound { .. }
             | ApiError::NotJson { .. } => true,
             ApiError::Token { kind, .. } => !kind.is_transient(),
-            ApiError::Budget(BudgetError::Store(_)) | ApiError::Store(_) => true,
+            ApiError::Budget(BudgetError::Store(_)) => true,
             _ => false,
         }
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
+use super::notification::Notification;
 use super::{QueryContext, Store, StoreError};
-use crate::alerts::Notification;
 
 /// Advisory lock key that serializes [`Store::record_staleness`] and the fleet episodes: two
 /// instances (or a timer tick racing a post-cycle call) evaluate one after the other, so the
@@ -85,9 +85,10 @@ struct StaleChunk {
     repeated: i64,
 }
 
-/// Queues a stale-agent event (payload: an [`crate::alerts::AlertEvent`]) for each row of the
-/// statement's `ev` CTE (the episode and the event's kind), with the agent's state row found
-/// by its primary key; `$1` is the evaluation's `now`. Returns whether each was a repeat.
+/// Queues a stale-agent event (payload: an [`AlertEvent`](super::notification::AlertEvent))
+/// for each row of the statement's `ev` CTE (the episode and the event's kind), with the
+/// agent's state row found by its primary key; `$1` is the evaluation's `now`. Returns
+/// whether each was a repeat.
 macro_rules! queue_agent_events {
     () => {
         "INSERT INTO alert_outbox (episode_id, agent_id, kind, payload, created_at, next_attempt_at)

@@ -10,8 +10,8 @@ use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 
 use super::alerts::lock_alerts;
+use super::notification::{AlertStatus, FleetEvent};
 use super::{QueryContext, Store, StoreError};
-use crate::alerts::{AlertStatus, FleetEvent};
 
 /// An open or closed episode as stored.
 #[derive(sqlx::FromRow)]

@@ -2,8 +2,11 @@
 //!
 //! Each submodule owns one table group: `apply` the agent tables (the diff engine),
 //! `ledger` the rate-budget ledger, `runs` the sync-run records, `alerts` the stale episodes
-//! and their outbox, `history` the read side of one agent's history, `invariants` the
-//! consistency checks across all of them, `retention` partitions and deleting old rows. SQL stays next to the code that uses it.
+//! and their outbox (whose payloads are the `notification` types), `history` the read side
+//! of one agent's history, `invariants` the consistency checks across all of them,
+//! `retention` partitions and deleting old rows, `summary` the demo's counts, `database`
+//! the demo's own database. SQL stays next to the code that uses it. A sync cycle reaches
+//! its statements through `tenant::TenantStore`, which binds the tenant.
 //!
 //! Advisory locks used (all transaction-scoped unless noted), in one place so keys never clash:
 //! - [`APPLY_LOCK`]: serializes batch application, so concurrent appliers behave as if in sequence.
@@ -14,6 +17,7 @@
 
 pub mod alerts;
 pub mod apply;
+pub mod database;
 pub mod fleet;
 pub mod history;
 pub mod invariants;
@@ -21,10 +25,13 @@ pub mod leader_lock;
 pub mod ledger;
 pub mod missing;
 pub mod nodelay;
+pub mod notification;
 mod payload;
 pub mod retention;
 pub mod runs;
 pub mod stale;
+pub mod summary;
+pub mod tenant;
 
 use std::collections::HashSet;
 use std::str::FromStr;

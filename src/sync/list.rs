@@ -98,7 +98,7 @@ impl Syncer {
         // While a fleet-vanished alert is open, the agents that arrived since (the other
         // fleet) do not count as known: otherwise the second cycle of a wrong tenant would
         // find only half the known agents gone and mark them all.
-        let open_since = store.open_fleet_vanished(&self.tenant).await?;
+        let open_since = store.open_fleet_vanished().await?;
         let absence =
             store.count_unlisted(tracked, since, open_since.unwrap_or(since), &listed.spared).await?;
         // A dry run stamped nothing: what the list left out is computed from the IDs it saw.

@@ -24,27 +24,27 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::AgentRecord;
 use crate::agent_id::AgentId;
 use crate::budget::Budget;
-use crate::config::{DEFAULT_TENANT, FetchMode, Settings};
+use crate::config::{FetchMode, StaleSettings, TenantSettings};
 use crate::defender::DefenderClient;
 use crate::diff::{Diff, Tally};
 use crate::store::runs::RunStatus;
+use crate::store::tenant::TenantStore;
 use crate::store::{Store, StoreError};
 
 use self::guard::Guard;
 use self::report::KEPT_FAILURES;
 pub use self::report::{CycleReport, Failure};
 
-/// What a cycle needs, built once per process.
+/// What one tenant's cycles need, built once per process and tenant.
 #[derive(Debug, Clone)]
 pub struct Syncer {
-    pub store: Store,
+    /// The store bound to this syncer's tenant.
+    pub store: TenantStore,
     pub client: DefenderClient,
     pub mode: FetchMode,
     pub max_in_flight: usize,
     /// `stale.mass_missing_guard`.
     pub mass_missing_guard: f64,
-    /// The tenant the fleet alerts name.
-    pub tenant: String,
 }
 
 /// Which agents to sync.
@@ -110,19 +110,22 @@ impl Progress {
 }
 
 impl Syncer {
-    /// The cycle machinery for `settings`: budget, client (reading the client secret) and
-    /// fetch mode.
-    pub fn from_settings(settings: &Settings, store: Store) -> anyhow::Result<Syncer> {
-        let budget =
-            Budget::new(store.clone(), &settings.rate_limit.windows, settings.rate_limit.max_in_flight);
-        let client = DefenderClient::new(&settings.defender, settings.defender.client_secret()?, budget)?;
+    /// The cycle machinery for `tenant`: its own budget, client (reading its client secret)
+    /// and fetch mode, so one tenant's throttling or failures never reach another's.
+    pub fn for_tenant(
+        tenant: &TenantSettings,
+        stale: &StaleSettings,
+        store: Store,
+    ) -> anyhow::Result<Syncer> {
+        let store = store.for_tenant(tenant.name.clone());
+        let budget = Budget::new(store.clone(), &tenant.rate_limit.windows, tenant.rate_limit.max_in_flight);
+        let client = DefenderClient::new(&tenant.defender, tenant.defender.client_secret()?, budget)?;
         Ok(Syncer {
             store,
             client,
-            mode: settings.defender.fetch_mode,
-            max_in_flight: settings.rate_limit.max_in_flight,
-            mass_missing_guard: settings.stale.mass_missing_guard,
-            tenant: DEFAULT_TENANT.to_owned(),
+            mode: tenant.defender.fetch_mode,
+            max_in_flight: tenant.rate_limit.max_in_flight,
+            mass_missing_guard: stale.mass_missing_guard,
         })
     }
 
@@ -286,7 +289,7 @@ impl Syncer {
     ) -> Result<(), StoreError> {
         tracing::error!("{error}");
         if alert && !options.dry_run {
-            self.store.fleet_vanished(&self.tenant, vanishing, known, &error, since).await?;
+            self.store.fleet_vanished(vanishing, known, &error, since).await?;
         }
         progress.refused = true;
         progress.fleet_vanished = alert;
@@ -296,8 +299,8 @@ impl Syncer {
 
     /// Missing agents were marked normally: an open fleet-vanished alert resolves.
     async fn fleet_is_back(&self) -> Result<(), StoreError> {
-        if self.store.fleet_returned(&self.tenant, self.store.clock().await?).await? {
-            tracing::info!(tenant = %self.tenant, "the fleet is back; the fleet-vanished alert is resolved");
+        if self.store.fleet_returned(self.store.clock().await?).await? {
+            tracing::info!(tenant = %self.store.tenant(), "the fleet is back; the fleet-vanished alert is resolved");
         }
         Ok(())
     }

@@ -2,7 +2,9 @@
 //! ([`AlertEvent`]) or a vanished fleet's ([`FleetEvent`]).
 //!
 //! Facts rather than a rendered body are queued, so the body follows the configuration in
-//! force when it is sent (format, Alertmanager's `endsAt` horizon).
+//! force when it is sent (format, Alertmanager's `endsAt` horizon). They live with the
+//! store because they are the outbox's row format: the store writes and reads them, and
+//! `alerts` renders and delivers them, so the dependency runs one way.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
