@@ -1,13 +1,10 @@
 //! The list endpoint, one page at a time: a cycle applies each page as it arrives, so it
-//! holds one page (about 5 MiB at 10,000 agents) whatever the size of the fleet, and
-//! [`Listing::read_ahead`] fetches the next page while the cycle applies the last one.
+//! holds one page (about 5 MiB at 10,000 agents) whatever the size of the fleet.
 
 use std::collections::HashSet;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::task::AbortOnDropHandle;
 
 use super::{AGENTS_PATH, ApiError, DefenderClient};
 use crate::agent::{AgentRecord, RecordError};
@@ -92,26 +89,6 @@ impl Listing {
         self.next.is_none() && !self.failed && self.pages > 0
     }
 
-    /// Fetches the pages on a task of their own, one page ahead of the caller: applying a
-    /// page and fetching the next take about as long each, so a cycle overlapping them
-    /// takes half the time, for one more page held.
-    pub fn read_ahead(mut self) -> ReadAhead {
-        let (sender, pages) = mpsc::channel(1);
-        let fetcher = tokio::spawn(async move {
-            // The slot is taken before the fetch, so at most one page waits in the channel.
-            while let Ok(slot) = sender.reserve().await {
-                match self.next_page().await {
-                    Some(page) => slot.send(Ahead::Page(page)),
-                    None => {
-                        slot.send(Ahead::End { pages: self.pages, complete: self.complete() });
-                        break;
-                    }
-                }
-            }
-        });
-        ReadAhead { pages, _fetcher: AbortOnDropHandle::new(fetcher), end: None }
-    }
-
     async fn fetch(&mut self, url: &str) -> Result<super::envelope::Page, ApiError> {
         let refuse = |what: String| ApiError::Malformed { what, transient: false };
         if self.pages >= MAX_PAGES {
@@ -122,43 +99,5 @@ impl Listing {
         }
         self.client.check_next_link(url)?;
         super::envelope::page(self.client.get_json(super::Endpoint::List, url, self.deadline).await?)
-    }
-}
-
-/// What the fetching task of a [`ReadAhead`] hands over.
-enum Ahead {
-    Page(Result<ListPage, ApiError>),
-    End { pages: u32, complete: bool },
-}
-
-/// A [`Listing`] fetching one page ahead. Dropping it drops the page in flight (its budget
-/// slot is already in the ledger).
-pub struct ReadAhead {
-    pages: mpsc::Receiver<Ahead>,
-    _fetcher: AbortOnDropHandle<()>,
-    /// Set when the fetcher reached the end: the pages fetched, and whether the list is complete.
-    end: Option<(u32, bool)>,
-}
-
-impl ReadAhead {
-    /// As [`Listing::next_page`].
-    pub async fn next_page(&mut self) -> Option<Result<ListPage, ApiError>> {
-        match self.pages.recv().await? {
-            Ahead::Page(page) => Some(page),
-            Ahead::End { pages, complete } => {
-                self.end = Some((pages, complete));
-                None
-            }
-        }
-    }
-
-    /// As [`Listing::pages`], once the end was reached; 0 before.
-    pub fn pages(&self) -> u32 {
-        self.end.map_or(0, |(pages, _)| pages)
-    }
-
-    /// As [`Listing::complete`]: false until the end was reached.
-    pub fn complete(&self) -> bool {
-        self.end.is_some_and(|(_, complete)| complete)
     }
 }

@@ -39,7 +39,7 @@ use crate::budget::{Budget, BudgetError};
 use crate::config::DefenderSettings;
 
 pub use error::{ApiError, ErrorDetail, TokenFailure};
-pub use listing::{ListPage, Listing, ReadAhead};
+pub use listing::{ListPage, Listing};
 
 use auth::{TokenCache, TokenSource};
 use envelope::{parse_json, read_capped};

@@ -35,7 +35,7 @@ impl Syncer {
         progress: &mut Progress,
     ) -> Result<(), StoreError> {
         let wanted: HashSet<&AgentId> = ids.iter().collect();
-        let mut listing = self.client.list(options.deadline).read_ahead();
+        let mut listing = self.client.list(options.deadline);
         let mut listed = Listed::default();
         loop {
             // A page in flight is dropped on cancel: its budget slot is already in the ledger.
@@ -62,10 +62,7 @@ impl Syncer {
             }
             listed.refetched += self.take_batch(records, &[], Some(since), options, progress).await?;
         }
-        // Dropped here, so no page is fetched ahead while the cycle decides what is missing.
-        let (pages, listed_to_the_end) = (listing.pages(), listing.complete());
-        drop(listing);
-        let complete = listed_to_the_end && listed.refetched == 0 && !options.cancel.is_cancelled();
+        let complete = listing.complete() && listed.refetched == 0 && !options.cancel.is_cancelled();
         if listed.refetched > 0 {
             progress.fail(
                 "list",
@@ -77,7 +74,7 @@ impl Syncer {
             );
         }
         progress.complete = complete;
-        progress.list_pages = complete.then_some(pages);
+        progress.list_pages = complete.then_some(listing.pages());
         if complete {
             let tracked = if track_all { Tracked::All } else { Tracked::Ids(ids) };
             self.mark_unlisted(tracked, since, listed, options, progress).await?;
