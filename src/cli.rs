@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::agent_id::AgentId;
-use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
+use crate::config::{ConfigError, LogFormat, LogSettings, Settings, TenantSettings};
 use crate::report;
 use crate::shutdown::shutdown_signal;
 use crate::simulator::{self, SimulatorOptions};
@@ -245,9 +245,7 @@ fn describe(error: &anyhow::Error) -> String {
 /// `run`: the daemon, until SIGTERM or SIGINT.
 async fn run(globals: &Globals) -> Result<ExitCode, Failure> {
     let settings = globals.configure()?;
-    for tenant in settings.tenants() {
-        tenant.defender.require_api_credentials()?;
-    }
+    require_api_credentials(settings.tenants())?;
     crate::daemon::run(settings, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -257,9 +255,7 @@ async fn run(globals: &Globals) -> Result<ExitCode, Failure> {
 /// 1 nothing.
 async fn sync(globals: &Globals, args: SyncArgs) -> Result<ExitCode, Failure> {
     let settings = globals.configure()?;
-    for tenant in settings.tenants() {
-        tenant.defender.require_api_credentials()?;
-    }
+    require_api_credentials(settings.tenants())?;
     let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
     if !args.dry_run {
         // A dry run writes nothing but the ledger, so it expects an already migrated schema.
@@ -334,20 +330,53 @@ async fn check_config(globals: &Globals, args: CheckConfigArgs) -> Result<ExitCo
     let settings = globals.configure()?;
     print!("{}", settings.redacted());
     println!("\n# configuration: OK");
+    require_api_credentials(settings.tenants())?;
     for tenant in settings.tenants() {
-        tenant.defender.require_api_credentials()?;
+        println!(
+            "# API credentials: OK for tenant {} (tenant_id, client_id and the client secret are set)",
+            tenant.name
+        );
     }
-    println!("# API credentials: OK (tenant_id, client_id and the client secret are set)");
     if args.connect {
         let store = Store::connect(&settings.database.url, 1).await?;
         println!("# database: OK (connected)");
+        // Every tenant is tried, so one wrong secret does not hide the state of the others.
+        let mut failed = Vec::new();
         for tenant in settings.tenants() {
             let syncer = Syncer::for_tenant(tenant, &settings.stale, store.clone())?;
-            syncer.client.check_token().await.map_err(anyhow::Error::from)?;
-            println!("# access token: OK (issued by {})", tenant.defender.token_url);
+            match syncer.client.check_token().await {
+                Ok(()) => {
+                    println!(
+                        "# access token: OK for tenant {} (issued by {})",
+                        tenant.name, tenant.defender.token_url
+                    )
+                }
+                Err(error) => {
+                    println!("# access token: FAILED for tenant {}: {error}", tenant.name);
+                    failed.push(tenant.name.to_string());
+                }
+            }
+        }
+        if !failed.is_empty() {
+            return Err(anyhow::anyhow!("no access token for tenant(s) {}", failed.join(", ")).into());
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks every tenant's API credentials, reporting all that are missing at once.
+fn require_api_credentials(tenants: &[TenantSettings]) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    for tenant in tenants {
+        if let Err(error) = tenant.defender.require_api_credentials() {
+            for problem in error.problems() {
+                if !problems.contains(problem) {
+                    problems.push(problem.clone());
+                }
+            }
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(ConfigError::from_problems(problems)) }
 }
 
 /// `stale [--json]`: the agents stale now (read-only: needs no client secret).
