@@ -38,7 +38,7 @@ pub use self::rate_limit::RateLimitSettings;
 pub use self::retention::{Keep, LEDGER_MARGIN, RetentionSettings, ledger_keep};
 pub use self::tenant::TenantSettings;
 pub(crate) use self::url::redact_url;
-pub use crate::tenant_name::DEFAULT_TENANT;
+pub use crate::tenant_name::{DEFAULT_TENANT, TenantSelection};
 
 /// Prefix of the environment variables that override keys; `__` separates section and key.
 const ENV_PREFIX: &str = "SCAN_AGENT_SYNC__";
@@ -136,6 +136,39 @@ impl Settings {
     /// the `[defender]`, `[rate_limit]` and `[agents]` sections.
     pub fn tenants(&self) -> &[TenantSettings] {
         &self.tenants
+    }
+
+    /// The tenants `names` selects (`--tenant NAME`, repeatable; none means every tenant), or
+    /// an error listing the configured names when one is not configured: a typo must not
+    /// quietly sync or report nothing.
+    pub fn select_tenants(&self, names: &[String]) -> Result<TenantSelection, ConfigError> {
+        if names.is_empty() {
+            return Ok(TenantSelection::all());
+        }
+        let mut selected = Vec::new();
+        let mut problems = Vec::new();
+        for name in names {
+            match self.tenants.iter().find(|tenant| *tenant.name == *name.trim()) {
+                Some(tenant) if selected.contains(&tenant.name) => {}
+                Some(tenant) => selected.push(tenant.name.clone()),
+                None => {
+                    let configured: Vec<&str> = self.tenants.iter().map(|tenant| &*tenant.name).collect();
+                    problems.push(
+                        ConfigProblem::unkeyed(
+                            format!("{name:?} is not a configured tenant (configured: {})", configured.join(", ")),
+                            "pass the name of a [[tenants]] entry (a configuration without [[tenants]] has the \
+                             one tenant `default`), or leave out --tenant for every tenant",
+                        )
+                        .at("--tenant"),
+                    );
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(TenantSelection::only(selected))
+        } else {
+            Err(ConfigError::new(problems))
+        }
     }
 
     /// Every rate window in effect, the shared ones and each tenant's: the budget ledger must

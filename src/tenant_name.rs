@@ -73,3 +73,32 @@ mod tests {
         }
     }
 }
+
+/// Which of the configured tenants a command covers (`sync --tenant NAME`, `stale --tenant
+/// NAME`): every one, or the named ones, each checked against the configuration by
+/// `Settings::select_tenants`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TenantSelection(Option<Vec<TenantName>>);
+
+impl TenantSelection {
+    /// Every configured tenant: what no `--tenant` flag means.
+    pub fn all() -> TenantSelection {
+        TenantSelection(None)
+    }
+
+    /// Only `names`, which the caller has checked are configured.
+    pub fn only(names: Vec<TenantName>) -> TenantSelection {
+        TenantSelection(Some(names))
+    }
+
+    /// Whether the tenant `name` is selected.
+    pub fn includes(&self, name: &str) -> bool {
+        self.0.as_ref().is_none_or(|names| names.iter().any(|selected| **selected == *name))
+    }
+
+    /// The selected names, or `None` for every tenant: what a statement filtering by the
+    /// `tenant` column binds.
+    pub fn names(&self) -> Option<&[TenantName]> {
+        self.0.as_deref()
+    }
+}

@@ -178,3 +178,56 @@ fn migrate_against_an_unreachable_database_names_the_host_and_the_fix_but_not_th
     assert!(out.stderr.contains("pg_ctlcluster"), "{}", out.stderr);
     out.assert_no_secrets();
 }
+
+/// Two `[[tenants]]` entries sharing the app registration, with an unreachable database: the
+/// tenant flags are checked before anything connects.
+fn two_tenants_config() -> String {
+    format!(
+        "[defender]\nclient_id = \"sync-app\"\n\n\
+         [database]\nurl = \"postgres://sync:{DB_PASSWORD}@127.0.0.1:9/scan_agents\"\n\n\
+         [[tenants]]\nname = \"contoso\"\ntenant_id = \"t1\"\nids = [\"a\"]\n\n\
+         [[tenants]]\nname = \"fabrikam\"\ntenant_id = \"t2\"\ntrack_all = true\n"
+    )
+}
+
+#[test]
+fn an_unknown_tenant_flag_exits_78_listing_the_configured_tenants() {
+    let (_dir, path) = config_file(&two_tenants_config());
+    let config = path.to_str().expect("UTF-8 temp path");
+    for command in ["sync", "stale"] {
+        let out = run(
+            &["--config", config, command, "--tenant", "contoso", "--tenant", "northwind"],
+            &[("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET", CLIENT_SECRET)],
+        );
+        assert_eq!(out.code, EX_CONFIG, "{command}: {}", out.stderr);
+        for expected in ["--tenant", "\"northwind\" is not a configured tenant", "contoso, fabrikam"] {
+            assert!(out.stderr.contains(expected), "{command}: {expected:?} missing from {}", out.stderr);
+        }
+        out.assert_no_secrets();
+    }
+}
+
+#[test]
+fn stale_for_part_of_the_tenants_says_why_it_cannot_yet() {
+    let (_dir, path) = config_file(&two_tenants_config());
+    let out =
+        run(&["--config", path.to_str().expect("UTF-8 temp path"), "stale", "--tenant", "contoso"], &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("without --tenant"), "{}", out.stderr);
+}
+
+#[test]
+fn check_config_names_every_tenant() {
+    let (_dir, path) = config_file(&two_tenants_config());
+    let out = run_with(&path, "check-config", &[("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET", CLIENT_SECRET)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for expected in [
+        "[[tenants]]\nname = \"contoso\"",
+        "[[tenants]]\nname = \"fabrikam\"",
+        "# API credentials: OK for tenant contoso",
+        "# API credentials: OK for tenant fabrikam",
+    ] {
+        assert!(out.stdout.contains(expected), "{expected:?} missing from:\n{}", out.stdout);
+    }
+    out.assert_no_secrets();
+}

@@ -54,6 +54,12 @@ impl TenantSettings {
             agents: agents.clone(),
         }
     }
+
+    /// Where this tenant's keys are written, for messages: its `[[tenants]]` entry, or the
+    /// shared sections for the tenant of a configuration without `[[tenants]]`.
+    pub fn configured_in(&self) -> &'static str {
+        if self.defender.own_secret_ways().is_some() { "its [[tenants]] entry" } else { "[agents]" }
+    }
 }
 
 /// One `[[tenants]]` entry as written; `None` keys take the shared sections' values.
