@@ -231,3 +231,55 @@ fn check_config_names_every_tenant() {
     }
     out.assert_no_secrets();
 }
+
+/// `sync --tenant` syncs the named tenant only, through its own token of the partner-model
+/// simulator; without the flag, every tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_tenant_syncs_only_the_named_tenants() {
+    use scan_agent_sync::simulator::{self, SimulatorOptions};
+
+    let sim = simulator::start(SimulatorOptions { tenants: 2, ..SimulatorOptions::frozen(4) }).await.unwrap();
+    let tenants = sim.tenants();
+    let url = support::database_url(&support::fresh_database().await);
+    let (_dir, path) = config_file(&format!(
+        "{}\n[database]\nurl = \"{url}\"\n\n\
+         [[tenants]]\nname = \"first\"\ntenant_id = \"{}\"\ntrack_all = true\n\n\
+         [[tenants]]\nname = \"second\"\ntenant_id = \"{}\"\ntrack_all = true\n",
+        sim.partner_defender_config(),
+        tenants[0].tenant_id(),
+        tenants[1].tenant_id(),
+    ));
+    let config = path.to_str().expect("UTF-8 temp path").to_owned();
+    let env = [("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET", "sim-secret")];
+    let stored = || async {
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        let ids: Vec<String> = sqlx::query_scalar("SELECT agent_id FROM scan_agents ORDER BY 1")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        ids
+    };
+    let sorted = |mut ids: Vec<String>| {
+        ids.sort();
+        ids
+    };
+
+    let sync = |extra: &'static [&'static str]| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> =
+                ["--config", config.as_str(), "sync"].into_iter().chain(extra.iter().copied()).collect();
+            run(&args, &env)
+        })
+    };
+    let out = sync(&["--tenant", "second"]).await.unwrap();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(stored().await, sorted(tenants[1].agent_ids()), "only the second tenant's fleet");
+    assert_eq!(tenants[0].stats().api_requests, 0, "the first tenant was not called");
+
+    let out = sync(&[]).await.unwrap();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let both = sorted(tenants.iter().flat_map(|tenant| tenant.agent_ids()).collect());
+    assert_eq!(stored().await, both);
+    sim.shutdown().await.unwrap();
+}
