@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::agent_id::AgentId;
-use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
+use crate::config::{ConfigError, LogFormat, LogSettings, Settings, TenantSettings};
 use crate::report;
 use crate::shutdown::shutdown_signal;
 use crate::simulator::{self, SimulatorOptions};
@@ -101,6 +101,9 @@ pub struct SyncArgs {
     /// vanish at once: for a deliberate decommission.
     #[arg(long)]
     pub accept_mass_missing: bool,
+    /// Sync only this tenant (repeatable; default: every configured tenant).
+    #[arg(long = "tenant", value_name = "NAME")]
+    pub tenants: Vec<String>,
 }
 
 /// Flags of `prune`.
@@ -125,6 +128,9 @@ pub struct StaleArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Only this tenant's agents (repeatable; default: every tenant).
+    #[arg(long = "tenant", value_name = "NAME")]
+    pub tenants: Vec<String>,
 }
 
 /// Flags of `check`.
@@ -245,9 +251,7 @@ fn describe(error: &anyhow::Error) -> String {
 /// `run`: the daemon, until SIGTERM or SIGINT.
 async fn run(globals: &Globals) -> Result<ExitCode, Failure> {
     let settings = globals.configure()?;
-    for tenant in settings.tenants() {
-        tenant.defender.require_api_credentials()?;
-    }
+    require_api_credentials(settings.tenants())?;
     crate::daemon::run(settings, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -257,9 +261,10 @@ async fn run(globals: &Globals) -> Result<ExitCode, Failure> {
 /// 1 nothing.
 async fn sync(globals: &Globals, args: SyncArgs) -> Result<ExitCode, Failure> {
     let settings = globals.configure()?;
-    for tenant in settings.tenants() {
-        tenant.defender.require_api_credentials()?;
-    }
+    let selection = settings.select_tenants(&args.tenants)?;
+    let tenants: Vec<&TenantSettings> =
+        settings.tenants().iter().filter(|tenant| selection.includes(&tenant.name)).collect();
+    require_api_credentials(tenants.iter().copied())?;
     let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
     if !args.dry_run {
         // A dry run writes nothing but the ledger, so it expects an already migrated schema.
@@ -283,12 +288,14 @@ async fn sync(globals: &Globals, args: SyncArgs) -> Result<ExitCode, Failure> {
         cancel.cancel();
     });
     let mut codes = Vec::new();
-    for tenant in settings.tenants() {
+    for tenant in tenants {
         let syncer = Syncer::for_tenant(tenant, &settings.stale, store.clone())?;
         let targets = Targets { ids: tenant.agents.ids.clone(), track_all: tenant.agents.track_all };
         if targets.ids.is_empty() && !targets.track_all {
             eprintln!(
-                "nothing to sync: agents.ids and agents.ids_file are empty and agents.track_all is false"
+                "nothing to sync for tenant {}: ids and ids_file are empty and track_all is false ({})",
+                tenant.name,
+                tenant.configured_in()
             );
             codes.push(0);
             continue;
@@ -334,25 +341,70 @@ async fn check_config(globals: &Globals, args: CheckConfigArgs) -> Result<ExitCo
     let settings = globals.configure()?;
     print!("{}", settings.redacted());
     println!("\n# configuration: OK");
+    require_api_credentials(settings.tenants())?;
     for tenant in settings.tenants() {
-        tenant.defender.require_api_credentials()?;
+        println!(
+            "# API credentials: OK for tenant {} (tenant_id, client_id and the client secret are set)",
+            tenant.name
+        );
     }
-    println!("# API credentials: OK (tenant_id, client_id and the client secret are set)");
     if args.connect {
         let store = Store::connect(&settings.database.url, 1).await?;
         println!("# database: OK (connected)");
+        // Every tenant is tried, so one wrong secret does not hide the state of the others.
+        let mut failed = Vec::new();
         for tenant in settings.tenants() {
             let syncer = Syncer::for_tenant(tenant, &settings.stale, store.clone())?;
-            syncer.client.check_token().await.map_err(anyhow::Error::from)?;
-            println!("# access token: OK (issued by {})", tenant.defender.token_url);
+            match syncer.client.check_token().await {
+                Ok(()) => {
+                    println!(
+                        "# access token: OK for tenant {} (issued by {})",
+                        tenant.name, tenant.defender.token_url
+                    )
+                }
+                Err(error) => {
+                    println!("# access token: FAILED for tenant {}: {error}", tenant.name);
+                    failed.push(tenant.name.to_string());
+                }
+            }
+        }
+        if !failed.is_empty() {
+            return Err(anyhow::anyhow!("no access token for tenant(s) {}", failed.join(", ")).into());
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Checks every tenant's API credentials, reporting all that are missing at once.
+fn require_api_credentials<'a>(
+    tenants: impl IntoIterator<Item = &'a TenantSettings>,
+) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    for tenant in tenants {
+        if let Err(error) = tenant.defender.require_api_credentials() {
+            for problem in error.problems() {
+                if !problems.contains(problem) {
+                    problems.push(problem.clone());
+                }
+            }
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(ConfigError::from_problems(problems)) }
+}
+
 /// `stale [--json]`: the agents stale now (read-only: needs no client secret).
 async fn stale(globals: &Globals, args: StaleArgs) -> Result<ExitCode, Failure> {
     let settings = globals.configure()?;
+    let selection = settings.select_tenants(&args.tenants)?;
+    if !settings.tenants().iter().all(|tenant| selection.includes(&tenant.name)) {
+        // The stale view does not carry the tenant yet (every stored row is the tenant
+        // `default`'s), so a part of several tenants cannot be told apart from the rest.
+        return Err(anyhow::anyhow!(
+            "stale --tenant can only select every configured tenant while the database does not record \
+             each agent's tenant; run `stale` without --tenant"
+        )
+        .into());
+    }
     let store = Store::connect(&settings.database.url, 1).await?;
     let report = report::stale_report(&store).await?;
     print_report(&report, args.json)?;

@@ -38,7 +38,7 @@ pub use self::rate_limit::RateLimitSettings;
 pub use self::retention::{Keep, LEDGER_MARGIN, RetentionSettings, ledger_keep};
 pub use self::tenant::TenantSettings;
 pub(crate) use self::url::redact_url;
-pub use crate::tenant_name::DEFAULT_TENANT;
+pub use crate::tenant_name::{DEFAULT_TENANT, TenantSelection};
 
 /// Prefix of the environment variables that override keys; `__` separates section and key.
 const ENV_PREFIX: &str = "SCAN_AGENT_SYNC__";
@@ -138,6 +138,49 @@ impl Settings {
         &self.tenants
     }
 
+    /// The tenants `names` selects (`--tenant NAME`, repeatable; none means every tenant), or
+    /// an error listing the configured names when one is not configured: a typo must not
+    /// quietly sync or report nothing.
+    pub fn select_tenants(&self, names: &[String]) -> Result<TenantSelection, ConfigError> {
+        if names.is_empty() {
+            return Ok(TenantSelection::all());
+        }
+        let mut selected = Vec::new();
+        let mut problems = Vec::new();
+        for name in names {
+            match self.tenants.iter().find(|tenant| *tenant.name == *name.trim()) {
+                Some(tenant) if selected.contains(&tenant.name) => {}
+                Some(tenant) => selected.push(tenant.name.clone()),
+                None => {
+                    let configured: Vec<&str> = self.tenants.iter().map(|tenant| &*tenant.name).collect();
+                    problems.push(
+                        ConfigProblem::unkeyed(
+                            format!("{name:?} is not a configured tenant (configured: {})", configured.join(", ")),
+                            "pass the name of a [[tenants]] entry (a configuration without [[tenants]] has the \
+                             one tenant `default`), or leave out --tenant for every tenant",
+                        )
+                        .at("--tenant"),
+                    );
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(TenantSelection::only(selected))
+        } else {
+            Err(ConfigError::new(problems))
+        }
+    }
+
+    /// Every rate window in effect, the shared ones and each tenant's: the budget ledger must
+    /// keep rows as long as the longest of them needs.
+    pub fn all_windows(&self) -> Vec<crate::rate_window::RateWindow> {
+        let tenants = self.tenants.iter().flat_map(|tenant| tenant.rate_limit.windows.iter());
+        let mut windows: Vec<_> = self.rate_limit.windows.iter().chain(tenants).copied().collect();
+        windows.sort_by_key(|window| (window.per, window.calls));
+        windows.dedup();
+        windows
+    }
+
     /// Loads `path` with overrides from the process environment.
     ///
     /// Variables that are not valid Unicode are skipped; none of ours can need that.
@@ -173,7 +216,11 @@ impl Settings {
         // The secret variable is read by DefenderSettings itself, so it never becomes a key.
         let overrides: ::config::Map<String, String> = env
             .iter()
-            .filter(|(key, _)| key.starts_with(ENV_PREFIX) && key.as_str() != defender::CLIENT_SECRET_VAR)
+            .filter(|(key, _)| {
+                key.starts_with(ENV_PREFIX)
+                    && key.as_str() != defender::CLIENT_SECRET_VAR
+                    && !key.starts_with(tenant::TENANT_VAR_PREFIX)
+            })
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         let merged = ::config::Config::builder()
@@ -187,10 +234,13 @@ impl Settings {
             .map_err(|error| {
                 ConfigProblem::unkeyed(summarize_parse_error(&error), "correct the TOML syntax")
             })?;
-        let raw: RawSettings =
-            merged.try_deserialize().map_err(|error| ConfigProblem::from_deserialize(None, error))?;
+        let (merged, tenant_vars) = tenant::apply_env_overrides(merged, env)?;
+        let raw: RawSettings = merged.try_deserialize().map_err(|error| {
+            ConfigError::from(ConfigProblem::from_deserialize(None, error)).attribute_keys(&tenant_vars)
+        })?;
 
         let mut problems = Vec::new();
+        let defender_raw = raw.defender.0.as_ref().ok().cloned();
         let defender = finish("defender", raw.defender, env, &mut problems);
         let rate_limit = finish("rate_limit", raw.rate_limit, env, &mut problems);
         let agents = finish("agents", raw.agents, env, &mut problems);
@@ -201,6 +251,18 @@ impl Settings {
         let http = finish("http", raw.http, env, &mut problems);
         let log = finish("log", raw.log, env, &mut problems);
         let retention = finish("retention", raw.retention, env, &mut problems);
+        let tenants = match (&defender_raw, &defender, &rate_limit, &agents, raw.tenants.0) {
+            (Some(defender_raw), Some(defender), Some(rate_limit), Some(agents), Ok(entries)) => {
+                let shared = tenant::Shared { defender_raw, defender, rate_limit, agents };
+                tenant::tenants(entries, &shared, env, &mut problems)
+            }
+            (.., Err(error)) => {
+                problems.push(ConfigProblem::from_deserialize(Some("tenants"), error));
+                Vec::new()
+            }
+            // The shared section's problem is recorded; the entries cannot be finished without it.
+            _ => Vec::new(),
+        };
         match (defender, rate_limit, agents, schedule, database, stale, alerts, http, log, retention) {
             (
                 Some(defender),
@@ -214,7 +276,7 @@ impl Settings {
                 Some(log),
                 Some(retention),
             ) if problems.is_empty() => Ok(Settings {
-                tenants: vec![TenantSettings::single(&defender, &rate_limit, &agents)],
+                tenants,
                 defender,
                 rate_limit,
                 agents,
@@ -227,7 +289,7 @@ impl Settings {
                 retention,
                 warnings: Vec::new(),
             }),
-            _ => Err(ConfigError::new(problems)),
+            _ => Err(ConfigError::new(problems).attribute_keys(&tenant_vars)),
         }
     }
 }
@@ -248,6 +310,10 @@ fn summarize_parse_error(error: &::config::ConfigError) -> String {
 /// below it), else the config file.
 fn source_of(key: &str, file: &Path, env: &HashMap<String, String>) -> String {
     let field = key.split('[').next().unwrap_or(key);
+    // `[[tenants]]` variables name the tenant, not the index; parsing attributed them.
+    if field == "tenants" {
+        return file.display().to_string();
+    }
     let var = format!("{ENV_PREFIX}{}", field.replace('.', "__").to_uppercase());
     let nested = format!("{var}__");
     let mut from_env: Vec<&String> =
@@ -316,6 +382,7 @@ struct RawSettings {
     http: Section<HttpSettings>,
     log: Section<LogSettings>,
     retention: Section<RetentionSettings>,
+    tenants: Section<Vec<Section<tenant::RawTenant>>>,
 }
 
 /// `[database]` as written; `url` may instead come from `DATABASE_URL`.

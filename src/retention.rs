@@ -27,7 +27,7 @@ pub struct Retention {
 impl Retention {
     /// The job as the configuration sets it.
     pub fn from_settings(settings: &Settings) -> Retention {
-        Retention { settings: settings.retention.clone(), windows: settings.rate_limit.windows.clone() }
+        Retention { settings: settings.retention.clone(), windows: settings.all_windows() }
     }
 
     /// Each table's horizon, for the store.

@@ -178,3 +178,108 @@ fn migrate_against_an_unreachable_database_names_the_host_and_the_fix_but_not_th
     assert!(out.stderr.contains("pg_ctlcluster"), "{}", out.stderr);
     out.assert_no_secrets();
 }
+
+/// Two `[[tenants]]` entries sharing the app registration, with an unreachable database: the
+/// tenant flags are checked before anything connects.
+fn two_tenants_config() -> String {
+    format!(
+        "[defender]\nclient_id = \"sync-app\"\n\n\
+         [database]\nurl = \"postgres://sync:{DB_PASSWORD}@127.0.0.1:9/scan_agents\"\n\n\
+         [[tenants]]\nname = \"contoso\"\ntenant_id = \"t1\"\nids = [\"a\"]\n\n\
+         [[tenants]]\nname = \"fabrikam\"\ntenant_id = \"t2\"\ntrack_all = true\n"
+    )
+}
+
+#[test]
+fn an_unknown_tenant_flag_exits_78_listing_the_configured_tenants() {
+    let (_dir, path) = config_file(&two_tenants_config());
+    let config = path.to_str().expect("UTF-8 temp path");
+    for command in ["sync", "stale"] {
+        let out = run(
+            &["--config", config, command, "--tenant", "contoso", "--tenant", "northwind"],
+            &[("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET", CLIENT_SECRET)],
+        );
+        assert_eq!(out.code, EX_CONFIG, "{command}: {}", out.stderr);
+        for expected in ["--tenant", "\"northwind\" is not a configured tenant", "contoso, fabrikam"] {
+            assert!(out.stderr.contains(expected), "{command}: {expected:?} missing from {}", out.stderr);
+        }
+        out.assert_no_secrets();
+    }
+}
+
+#[test]
+fn stale_for_part_of_the_tenants_says_why_it_cannot_yet() {
+    let (_dir, path) = config_file(&two_tenants_config());
+    let out =
+        run(&["--config", path.to_str().expect("UTF-8 temp path"), "stale", "--tenant", "contoso"], &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("without --tenant"), "{}", out.stderr);
+}
+
+#[test]
+fn check_config_names_every_tenant() {
+    let (_dir, path) = config_file(&two_tenants_config());
+    let out = run_with(&path, "check-config", &[("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET", CLIENT_SECRET)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for expected in [
+        "[[tenants]]\nname = \"contoso\"",
+        "[[tenants]]\nname = \"fabrikam\"",
+        "# API credentials: OK for tenant contoso",
+        "# API credentials: OK for tenant fabrikam",
+    ] {
+        assert!(out.stdout.contains(expected), "{expected:?} missing from:\n{}", out.stdout);
+    }
+    out.assert_no_secrets();
+}
+
+/// `sync --tenant` syncs the named tenant only, through its own token of the partner-model
+/// simulator; without the flag, every tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_tenant_syncs_only_the_named_tenants() {
+    use scan_agent_sync::simulator::{self, SimulatorOptions};
+
+    let sim = simulator::start(SimulatorOptions { tenants: 2, ..SimulatorOptions::frozen(4) }).await.unwrap();
+    let tenants = sim.tenants();
+    let url = support::database_url(&support::fresh_database().await);
+    let (_dir, path) = config_file(&format!(
+        "{}\n[database]\nurl = \"{url}\"\n\n\
+         [[tenants]]\nname = \"first\"\ntenant_id = \"{}\"\ntrack_all = true\n\n\
+         [[tenants]]\nname = \"second\"\ntenant_id = \"{}\"\ntrack_all = true\n",
+        sim.partner_defender_config(),
+        tenants[0].tenant_id(),
+        tenants[1].tenant_id(),
+    ));
+    let config = path.to_str().expect("UTF-8 temp path").to_owned();
+    let env = [("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET", "sim-secret")];
+    let stored = || async {
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        let ids: Vec<String> = sqlx::query_scalar("SELECT agent_id FROM scan_agents ORDER BY 1")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        ids
+    };
+    let sorted = |mut ids: Vec<String>| {
+        ids.sort();
+        ids
+    };
+
+    let sync = |extra: &'static [&'static str]| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> =
+                ["--config", config.as_str(), "sync"].into_iter().chain(extra.iter().copied()).collect();
+            run(&args, &env)
+        })
+    };
+    let out = sync(&["--tenant", "second"]).await.unwrap();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(stored().await, sorted(tenants[1].agent_ids()), "only the second tenant's fleet");
+    assert_eq!(tenants[0].stats().api_requests, 0, "the first tenant was not called");
+
+    let out = sync(&[]).await.unwrap();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let both = sorted(tenants.iter().flat_map(|tenant| tenant.agent_ids()).collect());
+    assert_eq!(stored().await, both);
+    sim.shutdown().await.unwrap();
+}

@@ -3,6 +3,10 @@
 //! Every test injects its environment through `Settings::load_with_env`, so none depends on
 //! the process environment or on another test.
 
+mod support;
+#[path = "config/tenants.rs"]
+mod tenants;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

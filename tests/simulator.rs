@@ -346,3 +346,83 @@ async fn run_serves_until_its_shutdown_future_completes() {
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
 }
+
+/// A token for `tenant` from its own token URL, with the one app registration all share.
+async fn tenant_token(client: &Client, tenant: &SimulatorHandle) -> String {
+    let response = token_request(client, &tenant.token_url(), "sim-client", "sim-secret").await;
+    assert_eq!(response.status(), StatusCode::OK, "token for {}", tenant.tenant_id());
+    response.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+}
+
+/// The agent IDs one list page shows to the bearer of `token`.
+async fn listed_ids(client: &Client, url: &str, token: &str) -> Vec<String> {
+    let response = client.get(url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    body["value"].as_array().unwrap().iter().map(|agent| agent["id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn two_tenants_each_token_sees_only_its_own_fleet() {
+    let sim = Sim::start(SimulatorOptions { tenants: 2, ..options() }).await;
+    let tenants = sim.handle.tenants();
+    let ids: Vec<&str> = tenants.iter().map(SimulatorHandle::tenant_id).collect();
+    assert_eq!(ids, ["sim-tenant", "sim-tenant-2"], "the first tenant is the single-tenant one");
+
+    let mut fleets = Vec::new();
+    for tenant in &tenants {
+        let token = tenant_token(&sim.client, tenant).await;
+        let listed = listed_ids(&sim.client, &sim.agents_url(), &token).await;
+        assert_eq!(listed, tenant.agent_ids(), "{} lists its own fleet", tenant.tenant_id());
+        assert_eq!(listed.len(), 5);
+        fleets.push((token, listed));
+    }
+    let first: HashSet<&String> = fleets[0].1.iter().collect();
+    assert!(fleets[1].1.iter().all(|id| !first.contains(id)), "agent IDs are distinct per tenant");
+
+    // One tenant's agent is unknown to the other's token, as another tenant's device would be.
+    let (second_token, second_fleet) = &fleets[1];
+    let url = sim.agent_url(&fleets[0].1[0]);
+    let foreign = sim.client.get(&url).bearer_auth(second_token).send().await.unwrap();
+    assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
+    let own = sim.client.get(sim.agent_url(&second_fleet[0])).bearer_auth(second_token).send().await.unwrap();
+    assert_eq!(own.status(), StatusCode::OK);
+
+    let unknown = sim.handle.token_url().replace("sim-tenant", "sim-tenant-3");
+    let refused = token_request(&sim.client, &unknown, "sim-client", "sim-secret").await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error_description"].as_str().unwrap().starts_with("AADSTS90002: Tenant 'sim-tenant-3'"));
+    let calls = (tenants[0].stats().api_requests, tenants[1].stats().api_requests);
+    assert_eq!(calls, (1, 3), "each tenant records its own calls");
+    sim.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn one_tenants_exhausted_window_does_not_throttle_another() {
+    let window = RateWindow { calls: 3, per: Duration::from_secs(30) };
+    let sim = Sim::start(SimulatorOptions { tenants: 2, windows: vec![window], ..options() }).await;
+    let tenants = sim.handle.tenants();
+    let busy = tenant_token(&sim.client, &tenants[0]).await;
+    let quiet = tenant_token(&sim.client, &tenants[1]).await;
+    let call = |token: &str| sim.client.get(sim.agents_url()).bearer_auth(token.to_owned()).send();
+
+    for _ in 0..3 {
+        assert_eq!(call(&busy).await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(call(&busy).await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    for _ in 0..3 {
+        assert_eq!(
+            call(&quiet).await.unwrap().status(),
+            StatusCode::OK,
+            "the other tenant has its own budget"
+        );
+    }
+    assert_eq!(call(&quiet).await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS, "and its own limit");
+
+    let (busy_stats, quiet_stats) = (tenants[0].stats(), tenants[1].stats());
+    assert_eq!((busy_stats.throttled, quiet_stats.throttled), (1, 1));
+    assert_eq!(busy_stats.window_peaks[0].max_accepted, 3);
+    assert_eq!(quiet_stats.window_peaks[0].max_accepted, 3);
+    sim.handle.shutdown().await.unwrap();
+}

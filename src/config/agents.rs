@@ -21,6 +21,9 @@ pub struct AgentsSettings {
     pub track_all: bool,
     /// The inline IDs alone, kept so a reload can merge them with the file's new contents.
     inline_ids: Vec<AgentId>,
+    /// Where these keys are configured: `agents`, or a `[[tenants]]` entry such as
+    /// `tenants[2]`; errors name keys below it.
+    section: String,
 }
 
 impl AgentsSettings {
@@ -32,31 +35,47 @@ impl AgentsSettings {
     /// Re-reads `ids_file` and merges it with the inline IDs, validated as at load; for
     /// SIGHUP, so a bad edit is reported and the running list kept.
     pub fn reload(&self) -> Result<Vec<AgentId>, ConfigError> {
-        let inline = self.inline_ids.iter().enumerate().map(|(index, id)| (id.clone(), inline_place(index)));
+        merge(&self.section, self.placed_ids()?.into_iter())
+    }
+
+    /// Whether any ID is configured, inline or by file (the file may still be empty).
+    pub(crate) fn selects_ids(&self) -> bool {
+        !self.inline_ids.is_empty() || self.ids_file.is_some()
+    }
+
+    /// Every configured ID with where it is configured (a key or `FILE:LINE`), repeats
+    /// included, so IDs configured for two tenants can be reported with both places.
+    pub(crate) fn placed_ids(&self) -> Result<Vec<(AgentId, String)>, ConfigError> {
+        let inline = self
+            .inline_ids
+            .iter()
+            .enumerate()
+            .map(|(index, id)| (id.clone(), inline_place(&self.section, index)));
         let from_file = match &self.ids_file {
-            Some(path) => read_ids_file(path)?,
+            Some(path) => read_ids_file(&self.section, path)?,
             None => Vec::new(),
         };
-        merge(inline.chain(from_file))
+        Ok(inline.chain(from_file).collect())
     }
 }
 
 /// Where an inline ID is configured, as a key.
-fn inline_place(index: usize) -> String {
-    format!("agents.ids[{index}]")
+fn inline_place(section: &str, index: usize) -> String {
+    format!("{section}.ids[{index}]")
 }
 
-/// Reads an ID file and parses it with [`parse_ids_file`].
-fn read_ids_file(path: &Path) -> Result<Vec<(AgentId, String)>, ConfigError> {
+/// Reads an ID file and parses it as [`parse_ids_file`] does, naming `SECTION.ids_file`.
+fn read_ids_file(section: &str, path: &Path) -> Result<Vec<(AgentId, String)>, ConfigError> {
+    let key = format!("{section}.ids_file");
     let text = std::fs::read_to_string(path).map_err(|error| {
         ConfigProblem::new(
-            "agents.ids_file",
+            &key,
             format!("cannot read {}: {error}", path.display()),
             "check the path and that this service's user may read the file",
         )
         .at(path.display())
     })?;
-    parse_ids_file(&text, &path.display().to_string())
+    parse_ids_file_at(&key, &text, &path.display().to_string())
 }
 
 /// Parses the text of an ID file: one ID per line; blank lines, whole-line `#` comments and
@@ -65,6 +84,11 @@ fn read_ids_file(path: &Path) -> Result<Vec<(AgentId, String)>, ConfigError> {
 ///
 /// Public, apart from the file reading, so the fuzz target (`fuzz/`) can feed it any text.
 pub fn parse_ids_file(text: &str, name: &str) -> Result<Vec<(AgentId, String)>, ConfigError> {
+    parse_ids_file_at("agents.ids_file", text, name)
+}
+
+/// [`parse_ids_file`] for the file configured at `key`.
+fn parse_ids_file_at(key: &str, text: &str, name: &str) -> Result<Vec<(AgentId, String)>, ConfigError> {
     let mut ids = Vec::new();
     let mut problems = Vec::new();
     // Windows editors save UTF-8 with a byte-order mark; kept, it would become part of the
@@ -80,7 +104,7 @@ pub fn parse_ids_file(text: &str, name: &str) -> Result<Vec<(AgentId, String)>, 
             Ok(id) => ids.push((id, place)),
             Err(error) => problems.push(
                 ConfigProblem::new(
-                    "agents.ids_file",
+                    key,
                     error.to_string(),
                     "correct or remove the line; the file holds one ID per line, comments start with #",
                 )
@@ -106,13 +130,16 @@ fn strip_comment(line: &str) -> &str {
 
 /// Keeps the order and rejects repeats, naming both places: a repeated ID is almost always a
 /// copy-paste slip, and silently dropping it would hide which list the operator meant.
-fn merge(entries: impl Iterator<Item = (AgentId, String)>) -> Result<Vec<AgentId>, ConfigError> {
+fn merge(
+    section: &str,
+    entries: impl Iterator<Item = (AgentId, String)>,
+) -> Result<Vec<AgentId>, ConfigError> {
     let mut first_place: HashMap<AgentId, String> = HashMap::new();
     let mut ids = Vec::new();
     let mut problems = Vec::new();
     for (id, place) in entries {
         if let Some(first) = first_place.get(&id) {
-            problems.push(duplicate(&id, first, place));
+            problems.push(duplicate(section, &id, first, place));
         } else {
             first_place.insert(id.clone(), place);
             ids.push(id);
@@ -122,25 +149,27 @@ fn merge(entries: impl Iterator<Item = (AgentId, String)>) -> Result<Vec<AgentId
 }
 
 /// The problem for `id` found again at `place`, a key or a `FILE:LINE`.
-fn duplicate(id: &AgentId, first: &str, place: String) -> ConfigProblem {
-    let (key, source) = if place.starts_with("agents.ids[") {
-        (place.as_str(), None)
-    } else {
-        ("agents.ids_file", Some(place.as_str()))
-    };
-    let problem = ConfigProblem::new(
-        key,
+fn duplicate(section: &str, id: &AgentId, first: &str, place: String) -> ConfigProblem {
+    placed_problem(
+        section,
+        place,
         format!("agent ID {id} is listed twice, first at {first}"),
         "remove one of the two entries",
-    );
-    match source {
-        Some(source) => problem.at(source),
-        None => problem,
+    )
+}
+
+/// A problem with the ID at `place` of `section`: a key (`agents.ids[3]`) is the problem's
+/// key; a `FILE:LINE` is its source, under the key `SECTION.ids_file`.
+pub(super) fn placed_problem(section: &str, place: String, problem: String, fix: &str) -> ConfigProblem {
+    if place.starts_with(&format!("{section}.ids[")) {
+        ConfigProblem::new(&place, problem, fix)
+    } else {
+        ConfigProblem::new(&format!("{section}.ids_file"), problem, fix).at(place)
     }
 }
 
 /// `[agents]` as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawAgents {
     #[serde(deserialize_with = "de::list")]
@@ -150,17 +179,20 @@ pub(crate) struct RawAgents {
     track_all: bool,
 }
 
-/// Validates the inline IDs and reads `ids_file`.
-impl Finish for RawAgents {
-    type Output = AgentsSettings;
+impl RawAgents {
+    /// A selection written in a `[[tenants]]` entry.
+    pub(super) fn new(ids: Vec<String>, ids_file: Option<PathBuf>, track_all: bool) -> Self {
+        Self { ids, ids_file, track_all }
+    }
 
-    fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> AgentsSettings {
+    /// Validates the inline IDs and reads `ids_file`, naming keys below `section`.
+    pub(super) fn finish_at(self, section: &str, problems: &mut Vec<ConfigProblem>) -> AgentsSettings {
         let mut inline_ids = Vec::with_capacity(self.ids.len());
         for (index, raw) in self.ids.iter().enumerate() {
             match AgentId::parse(raw.trim()) {
                 Ok(id) => inline_ids.push(id),
                 Err(error) => problems.push(ConfigProblem::new(
-                    &inline_place(index),
+                    &inline_place(section, index),
                     error.to_string(),
                     "correct or remove the ID; IDs look like `orgGuid_machineId`",
                 )),
@@ -171,12 +203,22 @@ impl Finish for RawAgents {
             ids_file: self.ids_file,
             track_all: self.track_all,
             inline_ids,
+            section: section.to_owned(),
         };
         match settings.reload() {
             Ok(ids) => settings.ids = ids,
             Err(error) => problems.extend_from_slice(error.problems()),
         }
         settings
+    }
+}
+
+/// Validates the inline IDs and reads `ids_file`.
+impl Finish for RawAgents {
+    type Output = AgentsSettings;
+
+    fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> AgentsSettings {
+        self.finish_at("agents", problems)
     }
 }
 
@@ -201,7 +243,8 @@ mod tests {
     #[test]
     fn duplicates_name_both_places() {
         let id = AgentId::parse("a").unwrap();
-        let error = merge([(id.clone(), inline_place(0)), (id, "/f:3".to_owned())].into_iter()).unwrap_err();
+        let entries = [(id.clone(), inline_place("agents", 0)), (id, "/f:3".to_owned())];
+        let error = merge("agents", entries.into_iter()).unwrap_err();
         let text = error.to_string();
         assert!(text.contains("agents.ids[0]") && text.contains("/f:3"), "{text}");
     }

@@ -93,6 +93,22 @@ where
     T::deserialize(name.trim().into_deserializer()).map_err(|error: de::value::Error| D::Error::custom(error))
 }
 
+/// [`variant`] for a key that may be absent, such as a `[[tenants]]` entry's override.
+pub(crate) fn some_variant<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    variant(deserializer).map(Some)
+}
+
+/// [`rate_windows`] for a key that may be absent, such as a `[[tenants]]` entry's override.
+pub(crate) fn some_rate_windows<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<RateWindow>>, D::Error> {
+    rate_windows(deserializer).map(Some)
+}
+
 /// An optional value where `""` means unset: an environment variable can be emptied to
 /// switch a feature off (e.g. `SCAN_AGENT_SYNC__ALERTS__WEBHOOK_URL=`) but not set to "none".
 pub(crate) fn non_empty<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>

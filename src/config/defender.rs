@@ -22,10 +22,13 @@ pub(crate) const CLIENT_SECRET_VAR: &str = "SCAN_AGENT_SYNC__DEFENDER__CLIENT_SE
 /// `$CREDENTIALS_DIRECTORY/client_secret`.
 const CREDENTIALS_DIRECTORY_VAR: &str = "CREDENTIALS_DIRECTORY";
 
-/// How to provide the secret; every "no secret" error repeats it.
+/// How to provide the shared secret; every "no secret" error repeats it.
 const SECRET_FIX: &str = "set defender.client_secret_file to a file holding the secret, \
     or pass it as the systemd credential `client_secret` (LoadCredential=client_secret:PATH), \
     or set SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET";
+
+/// The key of the shared secret file.
+const SHARED_SECRET_KEY: &str = "defender.client_secret_file";
 
 /// The Microsoft cloud the tenant lives in. It decides the default token host, API host and
 /// scope, so operators in government clouds change one key instead of three URLs.
@@ -113,50 +116,104 @@ pub struct DefenderSettings {
     env_secret: Option<SecretString>,
     /// `$CREDENTIALS_DIRECTORY`, captured at load so tests can inject it.
     credentials_directory: Option<PathBuf>,
+    /// A `[[tenants]]` entry's own ways to its secret, consulted before the shared ones;
+    /// `None` for the tenant of a configuration without `[[tenants]]`.
+    own_secret: Option<OwnSecret>,
+}
+
+/// Where a `[[tenants]]` entry's secret may come from before the shared one of
+/// `[defender]`: an MSSP's customers may each consent a different app registration.
+#[derive(Debug, Clone)]
+struct OwnSecret {
+    /// The entry's place, e.g. `tenants[2]`, for errors.
+    section: String,
+    /// The systemd credential `client_secret_<name>`.
+    credential: String,
+    /// `[defender].client_secret_file`, consulted after the two own ways.
+    shared_file: Option<PathBuf>,
 }
 
 impl DefenderSettings {
     /// Reads the client secret: `client_secret_file`, else `$CREDENTIALS_DIRECTORY/client_secret`,
-    /// else `SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET`. Trailing newlines are dropped because
-    /// `echo secret > file` adds one.
+    /// else `SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET`. A `[[tenants]]` entry first tries its
+    /// own `client_secret_file`, then the credential `client_secret_<name>`, then those shared
+    /// ways (with `[defender].client_secret_file` as the file). Trailing newlines are dropped
+    /// because `echo secret > file` adds one.
     ///
     /// Read on demand rather than at load because analysts run read-only commands (`stale`,
     /// `history`) as users who may not read the secret file.
     pub fn client_secret(&self) -> Result<SecretString, ConfigError> {
+        let fix = self.secret_fix();
+        let (own_file_key, shared_file) = match &self.own_secret {
+            Some(own) => (format!("{}.client_secret_file", own.section), own.shared_file.as_ref()),
+            None => (SHARED_SECRET_KEY.to_owned(), None),
+        };
+        let own_file_key = own_file_key.as_str();
         if let Some(path) = &self.client_secret_file {
-            return read_secret(path).map_err(|error| {
-                let problem = ConfigProblem::new(
-                    "defender.client_secret_file",
-                    format!("cannot use the client secret in {}: {error}", path.display()),
-                    format!("{}; or see the other ways: {SECRET_FIX}", error.fix(path)),
-                );
-                problem.at(path.display()).into()
-            });
+            return read_secret_file(own_file_key, path, &fix);
         }
-        if let Some(directory) = &self.credentials_directory {
-            let path = directory.join("client_secret");
-            match read_secret(&path) {
-                Ok(secret) => return Ok(secret),
-                // systemd sets the directory for any credential; this one may simply not be among them.
-                Err(error) if error.is_not_found() => {}
-                Err(error) => {
-                    let problem = ConfigProblem::unkeyed(
-                        format!("cannot use the systemd credential {}: {error}", path.display()),
-                        format!("{}; check LoadCredential=client_secret:PATH in the unit", error.fix(&path)),
-                    );
-                    return Err(problem.at(path.display()).into());
-                }
+        if let Some(own) = &self.own_secret {
+            if let Some(secret) = self.read_credential(&own.credential)? {
+                return Ok(secret);
             }
+        }
+        if let Some(path) = shared_file {
+            return read_secret_file(SHARED_SECRET_KEY, path, &fix);
+        }
+        if let Some(secret) = self.read_credential("client_secret")? {
+            return Ok(secret);
         }
         match &self.env_secret {
             Some(secret) => Ok(secret.clone()),
-            None => Err(ConfigProblem::new(
-                "defender.client_secret_file",
-                "no client secret is configured",
-                SECRET_FIX,
-            )
-            .into()),
+            None => Err(ConfigProblem::new(own_file_key, "no client secret is configured", fix).into()),
         }
+    }
+
+    /// The systemd credential `name`, or `None` when systemd passed no such credential.
+    fn read_credential(&self, name: &str) -> Result<Option<SecretString>, ConfigError> {
+        let Some(directory) = &self.credentials_directory else { return Ok(None) };
+        let path = directory.join(name);
+        match read_secret(&path) {
+            Ok(secret) => Ok(Some(secret)),
+            // systemd sets the directory for any credential; this one may simply not be among them.
+            Err(error) if error.is_not_found() => Ok(None),
+            Err(error) => {
+                let problem = ConfigProblem::unkeyed(
+                    format!("cannot use the systemd credential {}: {error}", path.display()),
+                    format!("{}; check LoadCredential={name}:PATH in the unit", error.fix(&path)),
+                );
+                Err(problem.at(path.display()).into())
+            }
+        }
+    }
+
+    /// Every way to provide this tenant's secret, in the order they are tried.
+    fn secret_fix(&self) -> String {
+        match &self.own_secret {
+            Some(own) => format!(
+                "set {}.client_secret_file to a file holding the secret, or pass it as the systemd \
+                 credential `{1}` (LoadCredential={1}:PATH), or provide the secret shared by all tenants: \
+                 {SECRET_FIX}",
+                own.section, own.credential
+            ),
+            None => SECRET_FIX.to_owned(),
+        }
+    }
+
+    /// For a `[[tenants]]` entry, the systemd credential it tries after its own file, and
+    /// the shared `[defender]` file it falls back to; for the redacted configuration.
+    pub(crate) fn own_secret_ways(&self) -> Option<(&str, Option<&PathBuf>)> {
+        self.own_secret.as_ref().map(|own| (own.credential.as_str(), own.shared_file.as_ref()))
+    }
+
+    /// Gives the `[[tenants]]` entry at `section` (e.g. `tenants[2]`) its own ways to the
+    /// secret (see [`Self::client_secret`]): `file`, then the credential
+    /// `client_secret_<tenant>`, then the shared ways, `[defender]`'s file first.
+    pub(super) fn with_own_secret(mut self, section: String, file: Option<PathBuf>, tenant: &str) -> Self {
+        let shared_file = std::mem::replace(&mut self.client_secret_file, file);
+        self.own_secret =
+            Some(OwnSecret { section, credential: format!("client_secret_{tenant}"), shared_file });
+        self
     }
 
     /// Whether the secret came from `SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET`, so the
@@ -178,11 +235,15 @@ impl DefenderSettings {
             ));
         }
         if self.client_id.is_empty() {
-            problems.push(ConfigProblem::new(
-                "defender.client_id",
-                "is not set",
-                "set it to the application (client) ID of the app registration",
-            ));
+            let fix = match &self.own_secret {
+                Some(own) => format!(
+                    "set defender.client_id (shared by all tenants) or {}.client_id to the application \
+                     (client) ID of the app registration",
+                    own.section
+                ),
+                None => "set it to the application (client) ID of the app registration".to_owned(),
+            };
+            problems.push(ConfigProblem::new("defender.client_id", "is not set", fix));
         }
         if let Err(error) = self.client_secret() {
             problems.extend_from_slice(error.problems());
@@ -191,8 +252,20 @@ impl DefenderSettings {
     }
 }
 
+/// Reads the secret file `path` configured at `key`.
+fn read_secret_file(key: &str, path: &std::path::Path, fix: &str) -> Result<SecretString, ConfigError> {
+    read_secret(path).map_err(|error| {
+        let problem = ConfigProblem::new(
+            key,
+            format!("cannot use the client secret in {}: {error}", path.display()),
+            format!("{}; or see the other ways: {fix}", error.fix(path)),
+        );
+        problem.at(path.display()).into()
+    })
+}
+
 /// `[defender]` as written; URLs are optional here because their defaults depend on `cloud`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawDefender {
     #[serde(deserialize_with = "de::variant")]
@@ -230,27 +303,62 @@ impl Default for RawDefender {
     }
 }
 
-/// Applies the cloud defaults and checks the values.
-impl Finish for RawDefender {
-    type Output = DefenderSettings;
+/// What a `[[tenants]]` entry may set of the Defender connection; unset keys keep the value
+/// of `[defender]` as written (before its cloud defaults, so a tenant's `cloud` still picks
+/// its hosts unless `[defender]` names them explicitly).
+#[derive(Debug, Default)]
+pub(super) struct DefenderOverrides {
+    pub(super) client_id: Option<String>,
+    pub(super) cloud: Option<Cloud>,
+    pub(super) api_base_url: Option<String>,
+    pub(super) token_url: Option<String>,
+    pub(super) scope: Option<String>,
+    pub(super) fetch_mode: Option<FetchMode>,
+}
 
-    fn finish(self, env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> DefenderSettings {
+impl RawDefender {
+    /// `[defender]` as a tenant sees it: its own `tenant_id` and `overrides` on top.
+    pub(super) fn for_tenant(&self, tenant_id: &str, overrides: DefenderOverrides) -> RawDefender {
+        let this = self.clone();
+        RawDefender {
+            tenant_id: tenant_id.to_owned(),
+            client_id: overrides.client_id.unwrap_or(this.client_id),
+            cloud: overrides.cloud.unwrap_or(this.cloud),
+            api_base_url: overrides.api_base_url.or(this.api_base_url),
+            token_url: overrides.token_url.or(this.token_url),
+            scope: overrides.scope.or(this.scope),
+            fetch_mode: overrides.fetch_mode.unwrap_or(this.fetch_mode),
+            ..this
+        }
+    }
+
+    /// Whether `tenant_id` is set, which `[[tenants]]` forbids.
+    pub(super) fn has_tenant_id(&self) -> bool {
+        !self.tenant_id.trim().is_empty()
+    }
+
+    /// Applies the cloud defaults and checks the values, naming a problem's key with
+    /// `key(field)`: `defender.FIELD`, or `tenants[N].FIELD` for a tenant's own value.
+    pub(super) fn finish_keyed(
+        self,
+        key: &dyn Fn(&str) -> String,
+        env: &HashMap<String, String>,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> DefenderSettings {
         let tenant_id = self.tenant_id.trim().to_owned();
         // The tenant ID is pasted into the token URL's path, so it must not be able to change it.
         if !tenant_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
             problems.push(ConfigProblem::new(
-                "defender.tenant_id",
+                &key("tenant_id"),
                 format!("{tenant_id:?} is neither a GUID nor a domain name"),
                 "copy the Directory (tenant) ID from the app registration's overview page",
             ));
         }
         let plain_http = if self.allow_insecure_http { PlainHttp::Allowed } else { PlainHttp::LoopbackOnly };
-        for (key, value) in
-            [("defender.api_base_url", &self.api_base_url), ("defender.token_url", &self.token_url)]
-        {
+        for (field, value) in [("api_base_url", &self.api_base_url), ("token_url", &self.token_url)] {
             if let Some(Err(problem)) = value.as_deref().map(|url| check_http_url(url, plain_http)) {
                 problems.push(ConfigProblem::new(
-                    key,
+                    &key(field),
                     problem,
                     "write an absolute https:// URL such as https://api.security.microsoft.com, or remove the key \
                      to use the cloud's default (plain http:// is accepted for loopback hosts, or anywhere with \
@@ -260,14 +368,14 @@ impl Finish for RawDefender {
         }
         if self.scope.as_deref().is_some_and(|scope| scope.trim().is_empty()) {
             problems.push(ConfigProblem::new(
-                "defender.scope",
+                &key("scope"),
                 "is empty",
                 "remove the key to use the cloud's default scope",
             ));
         }
         if self.request_timeout.is_zero() {
             problems.push(ConfigProblem::new(
-                "defender.request_timeout",
+                &key("request_timeout"),
                 "is zero, so every request would time out",
                 "set a duration such as \"30s\"",
             ));
@@ -294,7 +402,17 @@ impl Finish for RawDefender {
                 .get(CREDENTIALS_DIRECTORY_VAR)
                 .filter(|dir| !dir.is_empty())
                 .map(PathBuf::from),
+            own_secret: None,
         }
+    }
+}
+
+/// Applies the cloud defaults and checks the values.
+impl Finish for RawDefender {
+    type Output = DefenderSettings;
+
+    fn finish(self, env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> DefenderSettings {
+        self.finish_keyed(&|field| format!("defender.{field}"), env, problems)
     }
 }
 

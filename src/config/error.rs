@@ -158,6 +158,28 @@ impl ConfigError {
     }
 }
 
+impl ConfigError {
+    /// Problems gathered from several checks (e.g. every tenant's credentials) as one error;
+    /// callers only build one when there is at least one problem.
+    pub fn from_problems(problems: Vec<ConfigProblem>) -> Self {
+        Self::new(problems)
+    }
+
+    /// Names the source of problems at or below a key set by an environment variable:
+    /// `sources` pairs a key (`tenants[2].client_id`) with the variable that set it.
+    pub(crate) fn attribute_keys(mut self, sources: &[(String, String)]) -> Self {
+        for problem in &mut self.problems {
+            let Some(key) = problem.key.as_deref() else { continue };
+            if let Some((_, var)) =
+                sources.iter().find(|(set, _)| key == set || key.starts_with(&format!("{set}[")))
+            {
+                problem.source = Some(var.clone());
+            }
+        }
+        self
+    }
+}
+
 impl From<ConfigProblem> for ConfigError {
     fn from(problem: ConfigProblem) -> Self {
         Self::new(vec![problem])

@@ -28,9 +28,18 @@ impl Finish for RateLimitSettings {
     type Output = Self;
 
     fn finish(self, _env: &HashMap<String, String>, problems: &mut Vec<ConfigProblem>) -> Self {
+        self.check_at("rate_limit", problems);
+        self
+    }
+}
+
+impl RateLimitSettings {
+    /// Checks the values, naming keys below `section`: `rate_limit`, or a `[[tenants]]`
+    /// entry such as `tenants[2]`, which writes the same keys.
+    pub(super) fn check_at(&self, section: &str, problems: &mut Vec<ConfigProblem>) {
         if self.windows.is_empty() {
             problems.push(ConfigProblem::new(
-                "rate_limit.windows",
+                &format!("{section}.windows"),
                 "is empty, so nothing would bound the API calls",
                 "list at least one window, e.g. [ { calls = 100, per = \"1m\" }, { calls = 1500, per = \"1h\" } ]",
             ));
@@ -38,14 +47,14 @@ impl Finish for RateLimitSettings {
         for (index, window) in self.windows.iter().enumerate() {
             if window.calls == 0 {
                 problems.push(ConfigProblem::new(
-                    &format!("rate_limit.windows[{index}].calls"),
+                    &format!("{section}.windows[{index}].calls"),
                     "is 0, so no call could ever be made",
                     "set it to at least 1",
                 ));
             }
             if window.per.is_zero() {
                 problems.push(ConfigProblem::new(
-                    &format!("rate_limit.windows[{index}].per"),
+                    &format!("{section}.windows[{index}].per"),
                     "is zero, so the window limits nothing",
                     "set a duration such as \"1m\"",
                 ));
@@ -53,11 +62,10 @@ impl Finish for RateLimitSettings {
         }
         if self.max_in_flight == 0 {
             problems.push(ConfigProblem::new(
-                "rate_limit.max_in_flight",
+                &format!("{section}.max_in_flight"),
                 "is 0, so no request could ever start",
                 "set it to at least 1",
             ));
         }
-        self
     }
 }

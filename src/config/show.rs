@@ -9,13 +9,14 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use super::Settings;
 use super::url::{REDACTED, redact_url};
+use super::{Settings, TenantSettings};
 
 impl Settings {
     /// The effective configuration as TOML, for `check-config`: defaults filled in, the
     /// database password and the client secret shown as `[redacted]`. Agent IDs from
-    /// `ids_file` are counted, not listed, so the output stays loadable.
+    /// `ids_file` are counted, not listed, so the output stays loadable. Every `[[tenants]]`
+    /// entry is shown with the shared defaults applied, and where its secret comes from.
     pub fn redacted(&self) -> String {
         let defender = &self.defender;
         let mut defender_entries = vec![
@@ -34,12 +35,6 @@ impl Settings {
         if defender.has_env_secret() {
             defender_entries.push(("client_secret", Some(toml_value(REDACTED))));
         }
-        let windows: Vec<String> = self
-            .rate_limit
-            .windows
-            .iter()
-            .map(|window| format!("{{ calls = {}, per = {} }}", window.calls, toml_duration(window.per)))
-            .collect();
         let agents = &self.agents;
         let inline_ids = agents.inline_ids();
 
@@ -49,7 +44,7 @@ impl Settings {
             &mut out,
             "rate_limit",
             &[
-                ("windows", Some(format!("[{}]", windows.join(", ")))),
+                ("windows", Some(toml_windows(&self.rate_limit.windows))),
                 ("max_in_flight", Some(self.rate_limit.max_in_flight.to_string())),
             ],
         );
@@ -119,15 +114,65 @@ impl Settings {
         let _ = writeln!(
             out,
             "# api_calls (the budget ledger) keeps {}: the longest rate window plus {}",
-            humantime::format_duration(super::retention::ledger_keep(&self.rate_limit.windows)),
+            humantime::format_duration(super::retention::ledger_keep(&self.all_windows())),
             humantime::format_duration(super::retention::LEDGER_MARGIN)
         );
+        for tenant in self.tenants() {
+            write_tenant(&mut out, tenant);
+        }
         out
     }
 }
 
-/// Writes `[name]` and its entries; an unset optional key becomes a comment, since TOML has
-/// no null.
+/// Writes a `[[tenants]]` entry with every key in effect, the shared defaults applied, so
+/// the operator sees what each tenant really uses; nothing for the tenant of a configuration
+/// without `[[tenants]]`, which the shared sections already show.
+fn write_tenant(out: &mut String, tenant: &TenantSettings) {
+    let defender = &tenant.defender;
+    let Some((credential, shared_file)) = defender.own_secret_ways() else { return };
+    let agents = &tenant.agents;
+    let inline_ids = agents.inline_ids();
+    let entries = [
+        ("name", Some(toml_value(&*tenant.name))),
+        ("tenant_id", Some(toml_value(&defender.tenant_id))),
+        ("ids", Some(toml_value(inline_ids))),
+        ("ids_file", agents.ids_file.as_ref().map(toml_value)),
+        ("track_all", Some(agents.track_all.to_string())),
+        ("client_id", Some(toml_value(&defender.client_id))),
+        ("client_secret_file", defender.client_secret_file.as_ref().map(toml_value)),
+        ("cloud", Some(toml_value(&defender.cloud))),
+        ("api_base_url", Some(toml_value(&defender.api_base_url))),
+        ("token_url", Some(toml_value(&defender.token_url))),
+        ("scope", Some(toml_value(&defender.scope))),
+        ("fetch_mode", Some(toml_value(&defender.fetch_mode))),
+        ("windows", Some(toml_windows(&tenant.rate_limit.windows))),
+        ("max_in_flight", Some(tenant.rate_limit.max_in_flight.to_string())),
+    ];
+    write_section(out, "[tenants]", &entries);
+    if defender.client_secret_file.is_none() {
+        let shared = match shared_file {
+            Some(file) => format!("[defender]'s client_secret_file {}", file.display()),
+            None => {
+                "the shared secret (credential client_secret or SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET)"
+                    .to_owned()
+            }
+        };
+        let _ = writeln!(out, "# secret: the systemd credential {credential} if passed, else {shared}");
+    }
+    let _ = writeln!(out, "# {} agent IDs in effect, {} of them inline", agents.ids.len(), inline_ids.len());
+}
+
+/// Rate windows as an inline TOML array.
+fn toml_windows(windows: &[crate::rate_window::RateWindow]) -> String {
+    let windows: Vec<String> = windows
+        .iter()
+        .map(|window| format!("{{ calls = {}, per = {} }}", window.calls, toml_duration(window.per)))
+        .collect();
+    format!("[{}]", windows.join(", "))
+}
+
+/// Writes `[name]` and its entries (`[[name]]` for `name` = `[tenants]`); an unset optional
+/// key becomes a comment, since TOML has no null.
 fn write_section(out: &mut String, name: &str, entries: &[(&str, Option<String>)]) {
     if !out.is_empty() {
         out.push('\n');

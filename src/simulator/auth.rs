@@ -37,15 +37,8 @@ impl TokenStore {
         let field =
             |name: &str| urlencoded::pairs(form).into_iter().find(|(n, _)| n == name).map(|(_, value)| value);
         let expected = &self.credentials;
-        if tenant != expected.tenant_id {
-            return entra_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                90002,
-                format!(
-                    "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
-                ),
-            );
+        if !tenant.eq_ignore_ascii_case(&expected.tenant_id) {
+            return unknown_tenant(tenant);
         }
         if field("grant_type").as_deref() != Some("client_credentials") {
             return entra_error(
@@ -102,6 +95,18 @@ impl TokenStore {
             .and_then(|token| self.issued.get(token.trim()))
             .is_some_and(|expires| *expires > now)
     }
+}
+
+/// Entra ID's answer to a token request for a tenant it does not know.
+pub(super) fn unknown_tenant(tenant: &str) -> Reply {
+    entra_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        90002,
+        format!(
+            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+        ),
+    )
 }
 
 /// Entra ID's error shape; `error_description` starts with the AADSTS code like the real one.

@@ -12,12 +12,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::faults::Faults;
 use super::recorder::{LoggedRequest, ServedAgent, SimStats};
-use super::state::{Shared, lock};
+use super::state::{Hosted, Shared, lock};
 
-/// A handle on a running simulator; clones control the same one.
+/// A handle on a running simulator; clones control the same one. It shows and controls one
+/// tenant (the first, unless it came from [`Self::tenant`]); stopping it stops them all.
 #[derive(Debug, Clone)]
 pub struct SimulatorHandle {
     pub(super) sim: Arc<Shared>,
+    pub(super) hosted: Arc<Hosted>,
     pub(super) stop: CancellationToken,
     pub(super) server: Arc<Mutex<Option<JoinHandle<std::io::Result<()>>>>>,
 }
@@ -26,6 +28,32 @@ impl SimulatorHandle {
     /// The bound address, with the real port when port 0 was asked for.
     pub fn addr(&self) -> SocketAddr {
         self.sim.bound
+    }
+
+    /// This handle's tenant ID.
+    pub fn tenant_id(&self) -> &str {
+        &self.sim.tenant_id
+    }
+
+    /// A handle on each served tenant, in `--tenants` order (the first is this one's default).
+    pub fn tenants(&self) -> Vec<SimulatorHandle> {
+        self.hosted.tenants.iter().map(|sim| SimulatorHandle { sim: sim.clone(), ..self.clone() }).collect()
+    }
+
+    /// A handle on the served tenant `tenant_id`, if there is one.
+    pub fn tenant(&self, tenant_id: &str) -> Option<SimulatorHandle> {
+        self.tenants().into_iter().find(|tenant| tenant.tenant_id() == tenant_id)
+    }
+
+    /// The `[defender]` section shared by every served tenant (partner model: one app, the
+    /// token URL with `{tenant_id}` left for each `[[tenants]]` entry to fill).
+    pub fn partner_defender_config(&self) -> String {
+        format!(
+            "[defender]\napi_base_url = \"{base}\"\ntoken_url = \"{base}/{{tenant_id}}/oauth2/v2.0/token\"\n\
+             scope = \"{base}/.default\"\nclient_id = \"{client}\"\n",
+            base = self.base_url(),
+            client = self.sim.client_id,
+        )
     }
 
     /// The API base URL, to configure as `defender.api_base_url`.

@@ -37,7 +37,7 @@ pub use options::{Envelope, FieldCase, SimulatorOptions};
 pub use recorder::{EndpointKind, LoggedRequest, ServedAgent, SimStats};
 
 use connection::{ConnectionKill, KillableListener};
-use state::Shared;
+use state::Hosted;
 
 /// Binds `options.listen` (port 0 picks a free port) and serves in the background until the
 /// handle's [`SimulatorHandle::shutdown`].
@@ -46,27 +46,30 @@ pub async fn start(options: SimulatorOptions) -> anyhow::Result<SimulatorHandle>
         format!("cannot listen on {} for the simulator; pick another --listen", options.listen)
     })?;
     let bound = listener.local_addr().context("reading the simulator's bound address")?;
-    let sim = Arc::new(Shared::new(&options, bound));
+    let hosted = Arc::new(Hosted::new(&options, bound));
+    let sim = hosted.first().clone();
     let stop = CancellationToken::new();
-    let app = routes::router(sim.clone()).into_make_service_with_connect_info::<ConnectionKill>();
+    let app = routes::router(hosted.clone()).into_make_service_with_connect_info::<ConnectionKill>();
     let server =
         axum::serve(KillableListener(listener), app).with_graceful_shutdown(stop.clone().cancelled_owned());
     let server = tokio::spawn(server.into_future());
-    Ok(SimulatorHandle { sim, stop, server: Arc::new(Mutex::new(Some(server))) })
+    Ok(SimulatorHandle { sim, hosted, stop, server: Arc::new(Mutex::new(Some(server))) })
 }
 
 /// Serves until `shutdown` completes, for `scan-agent-sync simulate`; every request is logged
 /// at info level with its method, raw path, status and duration.
 pub async fn run(options: SimulatorOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let handle = start(options).await?;
-    let agents = handle.agent_ids();
-    tracing::info!(
-        api_base_url = %handle.base_url(),
-        token_url = %handle.token_url(),
-        agents = agents.len(),
-        first_agent = agents.first().map_or("", String::as_str),
-        "Defender API simulator listening",
-    );
+    for tenant in handle.tenants() {
+        let agents = tenant.agent_ids();
+        tracing::info!(
+            api_base_url = %tenant.base_url(),
+            token_url = %tenant.token_url(),
+            agents = agents.len(),
+            first_agent = agents.first().map_or("", String::as_str),
+            "Defender API simulator listening",
+        );
+    }
     shutdown.await;
     tracing::info!("Defender API simulator stopping");
     handle.shutdown().await

@@ -46,6 +46,14 @@ pub struct SimulatorOptions {
     #[arg(long, default_value = "sim-tenant")]
     pub tenant_id: String,
 
+    /// Number of tenants served on this one host, as in Defender's partner model: one app
+    /// registration (the same client ID and secret), a token per tenant from
+    /// `/{tenant}/oauth2/v2.0/token`, and per tenant its own fleet of `--agents` agents (IDs
+    /// distinct per tenant) and its own rate windows. The first tenant is `--tenant-id`, the
+    /// others `--tenant-id` with `-2`, `-3`... appended.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub tenants: usize,
+
     /// Client (application) ID the token endpoint accepts.
     #[arg(long, default_value = "sim-client")]
     pub client_id: String,
@@ -158,6 +166,22 @@ impl SimulatorOptions {
         }
     }
 
+    /// Each served tenant's options (see `tenants`): the first tenant is these options
+    /// unchanged, so a one-tenant simulator is what it always was; the others get their own
+    /// tenant ID and seed, hence their own agent IDs.
+    pub fn tenant_options(&self) -> Vec<SimulatorOptions> {
+        (0..self.tenants.max(1))
+            .map(|index| match index {
+                0 => self.clone(),
+                _ => SimulatorOptions {
+                    tenant_id: format!("{}-{}", self.tenant_id, index + 1),
+                    seed: self.seed.wrapping_add((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                    ..self.clone()
+                },
+            })
+            .collect()
+    }
+
     /// The fault shares the simulator starts with; [`super::SimulatorHandle::set_faults`]
     /// replaces them while it runs.
     pub fn faults(&self) -> Faults {
@@ -212,6 +236,18 @@ mod tests {
         assert_eq!(options.field_case, FieldCase::Pascal);
         assert!(Flags::try_parse_from(["simulate", "--fraction-digits", "8"]).is_err());
         assert!(Flags::try_parse_from(["simulate", "--page-size", "0"]).is_err());
+    }
+
+    #[test]
+    fn each_tenant_gets_its_own_id_and_seed_and_the_first_is_unchanged() {
+        let options = Flags::try_parse_from(["simulate", "--tenants", "3"]).unwrap().options;
+        let tenants = options.tenant_options();
+        let ids: Vec<&str> = tenants.iter().map(|tenant| tenant.tenant_id.as_str()).collect();
+        assert_eq!(ids, ["sim-tenant", "sim-tenant-2", "sim-tenant-3"]);
+        assert_eq!(tenants[0].seed, options.seed);
+        assert!(tenants[1].seed != tenants[0].seed && tenants[2].seed != tenants[1].seed);
+        assert_eq!(SimulatorOptions::default().tenant_options().len(), 1);
+        assert!(Flags::try_parse_from(["simulate", "--tenants", "0"]).is_err());
     }
 
     #[test]

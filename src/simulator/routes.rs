@@ -18,20 +18,20 @@ use percent_encoding::percent_decode_str;
 use tokio::time::Instant;
 
 use super::agents_api::{self, AGENTS_PATH};
-use super::auth::entra_error;
+use super::auth::{entra_error, unknown_tenant};
 use super::connection::ConnectionKill;
 use super::faults::{Fault, TokenFault};
 use super::limiter::{Admission, timespan};
 use super::recorder::{EndpointKind, LoggedRequest};
 use super::reply::Reply;
-use super::state::{Shared, lock};
+use super::state::{Hosted, Shared, lock};
 
 /// Token requests are a few hundred bytes; anything far larger is not one.
 const TOKEN_BODY_LIMIT: usize = 64 * 1024;
 
 /// Every request goes through [`serve`], which routes by hand.
-pub(super) fn router(sim: Arc<Shared>) -> Router {
-    Router::new().fallback(serve).with_state(sim)
+pub(super) fn router(hosted: Arc<Hosted>) -> Router {
+    Router::new().fallback(serve).with_state(hosted)
 }
 
 /// The endpoint a request is for.
@@ -97,8 +97,12 @@ enum Spoil {
 }
 
 /// Routes, answers, logs and records one request.
+///
+/// A token request goes to the tenant in its path; an API request to the tenant whose token it
+/// bears, so each tenant sees only its own fleet and spends only its own windows. A request
+/// that reaches no tenant is answered (and recorded) by the first.
 async fn serve(
-    State(sim): State<Arc<Shared>>,
+    State(hosted): State<Arc<Hosted>>,
     ConnectInfo(connection): ConnectInfo<ConnectionKill>,
     request: Request,
 ) -> Response {
@@ -109,7 +113,18 @@ async fn serve(
         parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
     let route = Route::of(&parts.method, parts.uri.path());
     let kind = route.kind();
+    let sim = match &route {
+        Route::Token { tenant } => hosted.by_tenant_id(tenant),
+        Route::List | Route::ById { .. } => {
+            let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            hosted.by_token(authorization, started)
+        }
+        Route::Unknown => None,
+    };
+    let known_tenant = sim.is_some();
+    let sim = sim.unwrap_or_else(|| hosted.first()).clone();
     let outcome = match route {
+        Route::Token { tenant } if !known_tenant => Outcome::Answer(unknown_tenant(&tenant)),
         Route::Token { tenant } => token(&sim, &tenant, body).await,
         Route::List | Route::ById { .. } => api(&sim, route, &parts).await,
         Route::Unknown => Outcome::Answer(Reply::api_error(

@@ -1,7 +1,7 @@
 //! The state every request and the test handle share.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -61,6 +61,39 @@ impl Shared {
         let mut fleet = lock(&self.fleet);
         fleet.catch_up(now);
         fleet
+    }
+}
+
+/// Every tenant one simulator serves (`--tenants`), as Defender's partner model has them: one
+/// host and app registration, and per tenant a token, a fleet and rate windows of its own.
+#[derive(Debug)]
+pub(super) struct Hosted {
+    /// In `--tenants` order; never empty. The first also records requests that reach no
+    /// tenant (unknown paths, unknown tokens), so a one-tenant simulator records everything.
+    pub tenants: Vec<Arc<Shared>>,
+}
+
+impl Hosted {
+    pub fn new(options: &SimulatorOptions, bound: SocketAddr) -> Self {
+        let tenants =
+            options.tenant_options().iter().map(|tenant| Arc::new(Shared::new(tenant, bound))).collect();
+        Self { tenants }
+    }
+
+    /// The tenant with this ID; Entra compares tenant IDs without regard to case.
+    pub fn by_tenant_id(&self, tenant_id: &str) -> Option<&Arc<Shared>> {
+        self.tenants.iter().find(|tenant| tenant.tenant_id.eq_ignore_ascii_case(tenant_id))
+    }
+
+    /// The tenant whose token `authorization` (the header's value) bears, as the real service
+    /// reads the token's `tid` claim; `None` for a token no tenant issued or one expired.
+    pub fn by_token(&self, authorization: Option<&str>, now: Instant) -> Option<&Arc<Shared>> {
+        self.tenants.iter().find(|tenant| lock(&tenant.tokens).authorizes(authorization, now))
+    }
+
+    /// The first tenant: the one a single-tenant simulator has.
+    pub fn first(&self) -> &Arc<Shared> {
+        &self.tenants[0]
     }
 }
 
