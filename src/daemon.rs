@@ -271,6 +271,8 @@ impl Daemon {
                     }
                     let state = *self.leader.borrow_and_update();
                     self.metrics.set_leader(state == LeaderState::Leader);
+                    let held = if state == LeaderState::Leader { self.tenants.len() } else { 0 };
+                    self.metrics.set_tenants_held(held);
                     tracing::info!(?state, "leadership changed");
                     if state != LeaderState::Leader {
                         for tenant in &mut self.tenants {
@@ -360,18 +362,19 @@ impl Daemon {
         let tenant = &mut self.tenants[index];
         tenant.cycle = None;
         tenant.cycle_cancel = None;
+        let name: &str = &tenant.settings.name;
         match done {
             Ok(Ok(report)) => {
                 let succeeded = matches!(report.exit_code(), 0).then(chrono::Utc::now);
-                self.metrics.record_run(report.status.as_str(), report.elapsed, succeeded);
+                self.metrics.record_run(name, report.status.as_str(), report.elapsed, succeeded);
                 tracing::info!("{}", report.to_string().trim_end());
             }
             Ok(Err(error)) => {
-                self.metrics.record_run("failed", Duration::ZERO, None);
+                self.metrics.record_run(name, "failed", Duration::ZERO, None);
                 tracing::error!(%error, "sync cycle could not complete; the next tick retries");
             }
             Err(panic) => {
-                self.metrics.record_run("failed", Duration::ZERO, None);
+                self.metrics.record_run(name, "failed", Duration::ZERO, None);
                 tracing::error!(%panic, "sync cycle task failed");
             }
         }
@@ -436,7 +439,7 @@ impl Daemon {
         match tenant.syncer.store.remaining(windows).await {
             Ok(remaining) => {
                 for (window, left) in windows.iter().zip(remaining) {
-                    self.metrics.set_budget_remaining(&window.label(), left);
+                    self.metrics.set_budget_remaining(&tenant.settings.name, &window.label(), left);
                 }
             }
             Err(error) => tracing::warn!(%error, "reading the remaining budget failed"),

@@ -42,12 +42,19 @@ struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WindowLabel {
+    tenant: String,
     window: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
+    tenant: String,
     status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabel {
+    tenant: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,12 +79,13 @@ struct Inner {
     api_throttled: Counter,
     budget_remaining: Family<WindowLabel, Gauge>,
     sync_runs: Family<StatusLabel, Counter>,
-    last_success: FloatGauge,
+    last_success: Family<TenantLabel, FloatGauge>,
     agents: Family<StateLabel, Gauge>,
     agent_last_seen: Arc<AgentLastSeen>,
-    sync_duration: Histogram,
+    sync_duration: Family<TenantLabel, Histogram>,
     skipped_ticks: Counter,
     leader: Gauge,
+    tenants_held: Gauge,
     retention_deleted: Family<TableLabel, Counter>,
 }
 
@@ -118,13 +126,13 @@ impl Metrics {
         let sync_runs = Family::default();
         registry.register(
             "scan_agent_sync_sync_runs",
-            "Finished sync cycles, by final status (ok, partial, failed, interrupted)",
+            "Finished sync cycles, by tenant and final status (ok, partial, failed, interrupted)",
             sync_runs.clone(),
         );
-        let last_success = FloatGauge::default();
+        let last_success = Family::default();
         registry.register(
             "scan_agent_sync_last_success_timestamp_seconds",
-            "Unix time at which the last successful sync cycle finished",
+            "Unix time at which the tenant's last successful sync cycle finished",
             last_success.clone(),
         );
         let agents = Family::default();
@@ -136,10 +144,11 @@ impl Metrics {
         let agent_last_seen = Arc::new(AgentLastSeen::default());
         registry.register_collector(Box::new(agent_last_seen.clone()));
         // Cycles range from a second (a few IDs) to many minutes (a tight budget): 0.5 s to ~17 min.
-        let sync_duration = Histogram::new(exponential_buckets(0.5, 2.0, 12));
+        let sync_duration: Family<TenantLabel, Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.5, 2.0, 12)));
         registry.register(
             "scan_agent_sync_sync_duration_seconds",
-            "Wall-clock duration of sync cycles",
+            "Wall-clock duration of sync cycles, by tenant",
             sync_duration.clone(),
         );
         let skipped_ticks = Counter::default();
@@ -153,6 +162,12 @@ impl Metrics {
             "scan_agent_sync_leader",
             "1 when this instance holds leadership and runs sync cycles, 0 on standby",
             leader.clone(),
+        );
+        let tenants_held = Gauge::default();
+        registry.register(
+            "scan_agent_sync_tenants_held",
+            "Tenants this process syncs now (all of them while it leads, none on standby)",
+            tenants_held.clone(),
         );
         let retention_deleted = Family::default();
         registry.register(
@@ -173,6 +188,7 @@ impl Metrics {
                 sync_duration,
                 skipped_ticks,
                 leader,
+                tenants_held,
                 retention_deleted,
             }),
         }
@@ -189,18 +205,28 @@ impl Metrics {
         self.inner.api_throttled.inc_by(count);
     }
 
-    /// Sets the calls left in one window, labelled as [`crate::rate_window::RateWindow::label`] does.
-    pub fn set_budget_remaining(&self, window_label: &str, remaining: u32) {
-        let labels = WindowLabel { window: window_label.to_owned() };
+    /// Sets the calls left in one of `tenant`'s windows, labelled as
+    /// [`crate::rate_window::RateWindow::label`] does.
+    pub fn set_budget_remaining(&self, tenant: &str, window_label: &str, remaining: u32) {
+        let labels = WindowLabel { tenant: tenant.to_owned(), window: window_label.to_owned() };
         self.inner.budget_remaining.get_or_create(&labels).set(i64::from(remaining));
     }
 
-    /// Records a finished cycle; `succeeded_at` moves the last-success timestamp when given.
-    pub fn record_run(&self, status: &str, duration: Duration, succeeded_at: Option<DateTime<Utc>>) {
-        self.inner.sync_runs.get_or_create(&StatusLabel { status: status.to_owned() }).inc();
-        self.inner.sync_duration.observe(duration.as_secs_f64());
+    /// Records a finished cycle of `tenant`; `succeeded_at` moves its last-success timestamp
+    /// when given.
+    pub fn record_run(
+        &self,
+        tenant: &str,
+        status: &str,
+        duration: Duration,
+        succeeded_at: Option<DateTime<Utc>>,
+    ) {
+        let run = StatusLabel { tenant: tenant.to_owned(), status: status.to_owned() };
+        self.inner.sync_runs.get_or_create(&run).inc();
+        let tenant = TenantLabel { tenant: tenant.to_owned() };
+        self.inner.sync_duration.get_or_create(&tenant).observe(duration.as_secs_f64());
         if let Some(at) = succeeded_at {
-            self.inner.last_success.set(unix_seconds(at));
+            self.inner.last_success.get_or_create(&tenant).set(unix_seconds(at));
         }
     }
 
@@ -227,6 +253,11 @@ impl Metrics {
     /// Marks whether this instance currently holds leadership.
     pub fn set_leader(&self, leader: bool) {
         self.inner.leader.set(i64::from(leader));
+    }
+
+    /// Sets how many tenants this process syncs now.
+    pub fn set_tenants_held(&self, tenants: usize) {
+        self.inner.tenants_held.set(i64::try_from(tenants).unwrap_or(i64::MAX));
     }
 
     /// Counts rows the retention job deleted from `table` (zero still creates the series).

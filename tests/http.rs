@@ -56,12 +56,13 @@ fn record_everything(metrics: &Metrics) {
     let at = Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap();
     metrics.record_api_requests("by-id", "200", 1);
     metrics.record_throttled(1);
-    metrics.set_budget_remaining("100/1m", 42);
-    metrics.record_run("ok", Duration::from_millis(1500), Some(at));
+    metrics.set_budget_remaining("contoso", "100/1m", 42);
+    metrics.record_run("contoso", "ok", Duration::from_millis(1500), Some(at));
     metrics.set_agent_counts(10, 2, 1);
     metrics.set_agent_last_seen(&[("agent-a".into(), at), ("agent-b".into(), at)]);
     metrics.record_skipped_tick();
     metrics.set_leader(true);
+    metrics.set_tenants_held(2);
 }
 
 #[tokio::test]
@@ -79,19 +80,20 @@ async fn metrics_parse_as_prometheus_text_and_carry_every_named_series() {
     let expected: &[(&str, Labels, f64)] = &[
         ("scan_agent_sync_api_requests_total", &[("endpoint", "by-id"), ("code", "200")], 1.0),
         ("scan_agent_sync_api_throttled_total", &[], 1.0),
-        ("scan_agent_sync_rate_budget_remaining", &[("window", "100/1m")], 42.0),
-        ("scan_agent_sync_sync_runs_total", &[("status", "ok")], 1.0),
-        ("scan_agent_sync_last_success_timestamp_seconds", &[], 1_740_830_400.0),
+        ("scan_agent_sync_rate_budget_remaining", &[("tenant", "contoso"), ("window", "100/1m")], 42.0),
+        ("scan_agent_sync_sync_runs_total", &[("tenant", "contoso"), ("status", "ok")], 1.0),
+        ("scan_agent_sync_last_success_timestamp_seconds", &[("tenant", "contoso")], 1_740_830_400.0),
         ("scan_agent_sync_agents", &[("state", "tracked")], 10.0),
         ("scan_agent_sync_agents", &[("state", "stale")], 2.0),
         ("scan_agent_sync_agents", &[("state", "missing")], 1.0),
         ("scan_agent_sync_agent_last_seen_timestamp_seconds", &[("agent_id", "agent-a")], 1_740_830_400.0),
         ("scan_agent_sync_agent_last_seen_timestamp_seconds", &[("agent_id", "agent-b")], 1_740_830_400.0),
-        ("scan_agent_sync_sync_duration_seconds_count", &[], 1.0),
-        ("scan_agent_sync_sync_duration_seconds_sum", &[], 1.5),
-        ("scan_agent_sync_sync_duration_seconds_bucket", &[("le", "2.0")], 1.0),
+        ("scan_agent_sync_sync_duration_seconds_count", &[("tenant", "contoso")], 1.0),
+        ("scan_agent_sync_sync_duration_seconds_sum", &[("tenant", "contoso")], 1.5),
+        ("scan_agent_sync_sync_duration_seconds_bucket", &[("tenant", "contoso"), ("le", "2.0")], 1.0),
         ("scan_agent_sync_skipped_ticks_total", &[], 1.0),
         ("scan_agent_sync_leader", &[], 1.0),
+        ("scan_agent_sync_tenants_held", &[], 2.0),
     ];
     for (name, labels, value) in expected {
         let sample =
