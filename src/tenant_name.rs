@@ -32,3 +32,15 @@ impl fmt::Display for TenantName {
         f.write_str(&self.0)
     }
 }
+
+impl TenantName {
+    /// A tenant's `name` as PRODUCT.md allows it: 1 to 63 of `[a-z0-9_-]`, so it can label
+    /// rows, metrics and alerts as it is.
+    pub fn parse(name: &str) -> Result<TenantName, String> {
+        let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
+        if name.is_empty() || name.len() > 63 || !name.chars().all(allowed) {
+            return Err(format!("tenant name {name:?} is not 1 to 63 of a-z, 0-9, _ and -"));
+        }
+        Ok(TenantName(name.into()))
+    }
+}
