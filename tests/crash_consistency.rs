@@ -131,7 +131,7 @@ fn run_check(fixture: &Fixture) -> String {
     assert!(output.status.success(), "check failed ({}):\n{stdout}\n{stderr}", output.status);
     let lines: Vec<&str> =
         stdout.lines().filter(|line| !line.starts_with("all ") && !line.starts_with("retention ")).collect();
-    assert_eq!(lines.len(), 4, "three history invariants and one window:\n{stdout}");
+    assert_eq!(lines.len(), 5, "four history invariants and one window:\n{stdout}");
     assert!(lines.iter().all(|line| line.starts_with("ok ")), "{stdout}");
     stdout
 }
@@ -331,6 +331,8 @@ async fn check_names_each_violated_invariant_and_exits_1() {
          INSERT INTO scan_agent_last_seen (agent_id, last_seen, observed_at)
          VALUES ('agent-overlap', '2026-01-01', now()), ('agent-gap', '2026-01-01', now()),
                 ('agent-gone', '2026-01-01', now());
+         INSERT INTO scan_agent_last_seen (agent_id, last_seen, observed_at, tenant)
+         VALUES ('agent-gap', '2026-01-02', now(), 'other');
          INSERT INTO api_calls (called_at, endpoint)
          VALUES ('2026-01-01 00:00:00', 'by-id'), ('2026-01-01 00:00:00.5', 'by-id'),
                 ('2026-01-01 00:00:00.999', 'by-id'), ('2026-01-01 00:00:02', 'by-id');",
@@ -359,15 +361,26 @@ async fn check_names_each_violated_invariant_and_exits_1() {
     assert!(last_seen.starts_with("VIOLATED") && last_seen.contains("e.g. agent-unseen"), "{stdout}");
     let orphans = line("history_has_agents");
     assert!(orphans.starts_with("VIOLATED") && orphans.contains("e.g. agent-gone"), "{stdout}");
+    let tenants = line("history_of_one_tenant");
+    assert!(tenants.starts_with("VIOLATED") && tenants.contains("e.g. agent-gap"), "{stdout}");
     let window = line("rate_window_2/1s");
     assert!(window.starts_with("VIOLATED") && window.contains("1 violation(s)"), "{stdout}");
-    assert!(stdout.contains("4 of 4 invariants violated"), "{stdout}");
+    assert!(stdout.contains("5 of 5 invariants violated"), "{stdout}");
 
     let json = support::output(fixture.command(&config, 0, "check").arg("--json"));
     assert_eq!(json.status.code(), Some(1));
     let findings: serde_json::Value = serde_json::from_slice(&json.stdout).expect("check --json prints JSON");
     let names: Vec<&str> =
         findings.as_array().expect("an array").iter().filter_map(|f| f["name"].as_str()).collect();
-    assert_eq!(names, ["contiguous_versions", "last_seen_kept", "history_has_agents", "rate_window_2/1s"]);
+    assert_eq!(
+        names,
+        [
+            "contiguous_versions",
+            "last_seen_kept",
+            "history_has_agents",
+            "history_of_one_tenant",
+            "rate_window_2/1s"
+        ]
+    );
     assert_eq!(findings[0]["examples"], serde_json::json!(["agent-gap", "agent-overlap"]));
 }

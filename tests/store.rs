@@ -5,6 +5,7 @@ mod support;
 use scan_agent_sync::agent::AgentRecord;
 use scan_agent_sync::agent_id::AgentId;
 use scan_agent_sync::store::Store;
+use scan_agent_sync::tenant_name::TenantName;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -362,6 +363,7 @@ async fn plan_reports_the_diff_and_writes_nothing() {
     store.apply(vec![agent("a1", "1", "h", "2022-05-08T12:00:00Z")], &[]).await.unwrap();
     let before = snapshot(store.pool()).await;
     let diff = store
+        .for_tenant(TenantName::default())
         .plan(
             vec![
                 agent("a1", "2", "h", "2022-05-08T12:00:00Z"),

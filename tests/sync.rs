@@ -10,6 +10,7 @@ use scan_agent_sync::simulator::{self, Faults, SimulatorHandle, SimulatorOptions
 use scan_agent_sync::store::Store;
 use scan_agent_sync::store::runs::RunStatus;
 use scan_agent_sync::sync::{CycleOptions, Syncer, Targets};
+use scan_agent_sync::tenant_name::TenantName;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
@@ -212,4 +213,45 @@ async fn two_sync_processes_at_once_stay_within_every_window() {
     assert_eq!(stats.throttled, 0, "no window was exceeded: {stats:?}");
     assert!(stats.window_peaks.iter().all(|p| p.max_accepted <= 10), "{stats:?}");
     assert_eq!(stats.api_requests, 60);
+}
+
+/// PRODUCT.md, "Tenants": an agent that a tenant's API returns but that is stored under
+/// another tenant is refused and logged, never moved; the cycle fails that agent, names both
+/// tenants, and the other tenant's row stays as it was.
+#[tokio::test]
+async fn an_agent_stored_under_another_tenant_is_refused_by_the_cycle() {
+    let sim = sim(12).await;
+    let pool = support::fresh_pool().await;
+    let settings = config(&sim, "list", DEFENDER_WINDOWS);
+    let mut other = settings.tenants()[0].clone();
+    other.name = TenantName::parse("other").unwrap();
+    let first = ids(&sim).remove(0);
+    let other_syncer = Syncer::for_tenant(&other, &settings.stale, Store::from_pool(pool.clone())).unwrap();
+    let targets = Targets { ids: vec![first.clone()], track_all: false };
+    let report = other_syncer.run_cycle(&targets, &CycleOptions::default()).await.unwrap();
+    assert_eq!((report.status, report.changes.new), (RunStatus::Ok, 1), "{report}");
+    const OTHERS: &str = "SELECT json_agg(a)::text FROM scan_agents a WHERE tenant = 'other'";
+    let before: String = sqlx::query_scalar(OTHERS).fetch_one(&pool).await.unwrap();
+
+    let report = syncer(&settings, &pool)
+        .run_cycle(&Targets { ids: vec![], track_all: true }, &CycleOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.status, report.changes.new, report.failure_count),
+        (RunStatus::Partial, 11, 1),
+        "{report}"
+    );
+    assert_eq!(report.failures[0].subject, first.as_str());
+    let error = &report.failures[0].error;
+    assert!(error.contains("tenant default") && error.contains("tenant other"), "{error}");
+    let after: String = sqlx::query_scalar(OTHERS).fetch_one(&pool).await.unwrap();
+    assert_eq!(after, before, "the other tenant's agent is not touched");
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents WHERE tenant = 'default'").await, 11);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents WHERE missing_since IS NOT NULL").await, 0);
+    let runs: Vec<(String, String)> = sqlx::query_as("SELECT tenant, status FROM sync_runs ORDER BY run_id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, vec![("other".into(), "ok".into()), ("default".into(), "partial".into())]);
 }

@@ -38,7 +38,7 @@ impl Finding {
 /// The history invariants: name, rule, and a query yielding one `subject` per violation.
 /// "Exactly one current version per agent, holding the agent's attributes" needs no query
 /// since migration 20261128000006: the current version is the agent's state row.
-const HISTORY: [(&str, &str, &str); 3] = [
+const HISTORY: [(&str, &str, &str); 4] = [
     (
         "contiguous_versions",
         "each agent's versions, by valid_from, end where the next begins (no gap, no overlap) \
@@ -78,14 +78,29 @@ const HISTORY: [(&str, &str, &str); 3] = [
          SELECT s.agent_id FROM scan_agent_last_seen s
          WHERE NOT EXISTS (SELECT 1 FROM scan_agent_state a WHERE a.agent_id = s.agent_id)",
     ),
+    (
+        // An agent is stored under one tenant and never moved (the diff engine refuses an
+        // agent another tenant returns), so its history carries its state row's tenant.
+        "history_of_one_tenant",
+        "every row of scan_agent_versions and scan_agent_last_seen has its agent's tenant",
+        "SELECT v.agent_id AS subject FROM scan_agent_version_history v
+         JOIN scan_agent_state a ON a.agent_id = v.agent_id
+         WHERE a.tenant <> v.tenant
+         UNION
+         SELECT s.agent_id FROM scan_agent_last_seen s
+         JOIN scan_agent_state a ON a.agent_id = s.agent_id
+         WHERE a.tenant <> s.tenant",
+    ),
 ];
 
 /// The ledger invariant for one window: a call whose `calls`-th successor in the ledger
 /// came less than `per` after it opens an interval of length `per` holding `calls + 1`
 /// calls. Intervals are half-open, `[t, t + per)`, as the API counts them. Every ledger row
-/// counts, answered or not: a call whose answer never came may still have arrived.
+/// counts, answered or not: a call whose answer never came may still have arrived. Each
+/// tenant's calls are counted apart: the API's limits are per app registration and tenant.
 const LEDGER: &str = "SELECT called_at AS subject_at
-     FROM (SELECT called_at, lead(called_at, $1::int) OVER (ORDER BY called_at, call_id) AS nth_after
+     FROM (SELECT called_at,
+                  lead(called_at, $1::int) OVER (PARTITION BY tenant ORDER BY called_at, call_id) AS nth_after
            FROM api_calls) c
      WHERE nth_after - called_at < $2::interval";
 
@@ -117,7 +132,7 @@ impl Store {
             findings.push(Finding {
                 name: format!("rate_window_{}", window.label()),
                 rule: format!(
-                    "api_calls holds at most {} calls in any interval of {}",
+                    "api_calls holds at most {} calls of one tenant in any interval of {}",
                     window.calls,
                     humantime::format_duration(window.per)
                 ),

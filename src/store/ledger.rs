@@ -6,11 +6,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
+use super::tenant::TenantStore;
 use super::{QueryContext, Store, StoreError, interval};
 use crate::rate_window::RateWindow;
+use crate::tenant_name::TenantName;
 
-/// Advisory lock key that serializes slot grants across processes.
-pub const LEDGER_LOCK: i64 = 0x5CA5_0002;
+/// Advisory lock class that serializes one tenant's slot grants across processes: the lock
+/// is the pair (this, `hashtext(tenant)`), so tenants, whose budgets are separate, never
+/// wait for each other (two names with one hash only share a lock). Pairs of 32-bit keys
+/// and 64-bit keys are separate key spaces in PostgreSQL, so no other lock clashes with it.
+pub const LEDGER_LOCK: i32 = 0x5CA5_0002;
 
 /// The answer to a slot request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,20 +47,36 @@ pub fn guard(window: &RateWindow) -> Duration {
 }
 
 impl Store {
-    /// Grants a slot if every window has room and no 429 pause is on, recording the call;
-    /// otherwise says how long to wait. Serialized by [`LEDGER_LOCK`] and timed by the
-    /// database clock, so all processes agree on the count and on "now".
+    /// [`TenantStore::take_slot`] of the tenant of a single-tenant configuration.
     pub async fn take_slot(&self, windows: &[RateWindow], endpoint: &str) -> Result<Slot, StoreError> {
-        let mut tx = self.pool.begin().await.during("starting a budget transaction")?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        self.for_tenant(TenantName::default()).take_slot(windows, endpoint).await
+    }
+
+    /// [`TenantStore::remaining`] of the tenant of a single-tenant configuration.
+    pub async fn remaining(&self, windows: &[RateWindow]) -> Result<Vec<u32>, StoreError> {
+        self.for_tenant(TenantName::default()).remaining(windows).await
+    }
+}
+
+impl TenantStore {
+    /// Grants a slot if every window has room for one more of this tenant's calls and no
+    /// 429 pause of this tenant is on, recording the call; otherwise says how long to wait.
+    /// Serialized per tenant by [`LEDGER_LOCK`] and timed by the database clock, so all
+    /// processes agree on the count and on "now".
+    pub async fn take_slot(&self, windows: &[RateWindow], endpoint: &str) -> Result<Slot, StoreError> {
+        let mut tx = self.store.pool.begin().await.during("starting a budget transaction")?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
             .bind(LEDGER_LOCK)
+            .bind(&*self.tenant)
             .execute(&mut *tx)
             .await
             .during("waiting for the budget lock")?;
         let (now, paused_until): (DateTime<Utc>, Option<DateTime<Utc>>) = sqlx::query_as(
             "SELECT clock_timestamp(),
-                    (SELECT max(pause_until) FROM api_calls WHERE pause_until > clock_timestamp())",
+                    (SELECT max(pause_until) FROM api_calls
+                     WHERE tenant = $1 AND pause_until > clock_timestamp())",
         )
+        .bind(&*self.tenant)
         .fetch_one(&mut *tx)
         .await
         .during("reading the 429 pause")?;
@@ -66,12 +87,13 @@ impl Store {
             // until that call is `span` old.
             let oldest_blocking: Option<DateTime<Utc>> = sqlx::query_scalar(
                 "SELECT called_at FROM api_calls
-                 WHERE called_at > $1 - $2::interval
+                 WHERE tenant = $4 AND called_at > $1 - $2::interval
                  ORDER BY called_at DESC OFFSET $3 LIMIT 1",
             )
             .bind(now)
             .bind(interval(span))
             .bind(i64::from(window.calls) - 1)
+            .bind(&*self.tenant)
             .fetch_optional(&mut *tx)
             .await
             .during("counting calls in a rate window")?;
@@ -88,9 +110,11 @@ impl Store {
         // `now` still has it, and the later the recorded time, the less it lags the send.
         let reading = Instant::now();
         let call_id: i64 = sqlx::query_scalar(
-            "INSERT INTO api_calls (called_at, endpoint) VALUES (clock_timestamp(), $1) RETURNING call_id",
+            "INSERT INTO api_calls (called_at, endpoint, tenant) VALUES (clock_timestamp(), $1, $2)
+             RETURNING call_id",
         )
         .bind(endpoint)
+        .bind(&*self.tenant)
         .fetch_one(&mut *tx)
         .await
         .during("recording an API call in the ledger")?;
@@ -99,7 +123,8 @@ impl Store {
     }
 
     /// Records a call's HTTP status (None: no answer), moves its time `sent_later` forward
-    /// to when it really left, and for a 429 sets the pause every process must respect.
+    /// to when it really left, and for a 429 sets the pause every process must respect for
+    /// this tenant.
     pub async fn finish_call(
         &self,
         call_id: i64,
@@ -116,28 +141,32 @@ impl Store {
         .bind(status.map(|s| s as i16))
         .bind(pause.map(interval))
         .bind(interval(sent_later))
-        .execute(&self.pool)
+        .execute(&self.store.pool)
         .await
         .during("recording an API call's answer")?;
         Ok(())
     }
 
-    /// Calls still allowed now in each window (for metrics and planning).
+    /// Calls of this tenant still allowed now in each window (for metrics and planning).
     pub async fn remaining(&self, windows: &[RateWindow]) -> Result<Vec<u32>, StoreError> {
         let mut remaining = Vec::with_capacity(windows.len());
         for window in windows {
             let used: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM api_calls WHERE called_at > clock_timestamp() - $1::interval",
+                "SELECT count(*) FROM api_calls
+                 WHERE tenant = $2 AND called_at > clock_timestamp() - $1::interval",
             )
             .bind(interval(window.per + guard(window)))
-            .fetch_one(&self.pool)
+            .bind(&*self.tenant)
+            .fetch_one(&self.store.pool)
             .await
             .during("counting calls in a rate window")?;
             remaining.push(window.calls.saturating_sub(u32::try_from(used).unwrap_or(u32::MAX)));
         }
         Ok(remaining)
     }
+}
 
+impl Store {
     /// Calls recorded after ledger row `after`, by endpoint and status (0: no answer), and
     /// the newest row id seen. The daemon reads this once a cycle is over, so every call has
     /// its answer; it turns them into request counters without the client knowing metrics.

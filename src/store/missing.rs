@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::tenant::TenantStore;
 use super::{APPLY_LOCK, QueryContext, Store, StoreError};
 use crate::agent_id::AgentId;
 
@@ -58,9 +59,11 @@ impl Store {
             .await
             .during("reading the database clock")
     }
+}
 
-    /// Counts the agents a complete list, fetched since `listed_since`, would newly mark
-    /// missing, out of the present agents first observed before `known_before`.
+impl TenantStore {
+    /// Counts the agents of this tenant a complete list, fetched since `listed_since`, would
+    /// newly mark missing, out of its present agents first observed before `known_before`.
     pub async fn count_unlisted(
         &self,
         tracked: Tracked<'_>,
@@ -73,22 +76,24 @@ impl Store {
             "SELECT count(*),
                     count(*) FILTER (WHERE s.last_fetched_at < $2 AND s.agent_id <> ALL($3::text[]))
              FROM scan_agent_state s
-             WHERE s.missing_since IS NULL AND s.first_observed_at < $4
+             WHERE s.tenant = $5 AND s.missing_since IS NULL AND s.first_observed_at < $4
                AND ($1::text[] IS NULL OR s.agent_id IN (SELECT unnest($1::text[])))",
         )
         .bind(tracked.ids())
         .bind(listed_since)
         .bind(&spared)
         .bind(known_before)
-        .fetch_one(&self.pool)
+        .bind(&*self.tenant)
+        .fetch_one(&self.store.pool)
         .await
         .during("counting the agents the list left out")?;
         Ok(Absence { known: unsigned(known), vanishing: unsigned(vanishing) })
     }
 
-    /// Marks missing every tracked agent that a complete list, fetched since `listed_since`,
-    /// did not return (except `spared`), in one statement under the apply lock, so it is
-    /// ordered with the batches like any apply.
+    /// Marks missing every tracked agent of this tenant that a complete list, fetched since
+    /// `listed_since`, did not return (except `spared`), in one statement under the apply
+    /// lock, so it is ordered with the batches like any apply. Another tenant's agents are
+    /// never marked: they are neither listed nor counted as never seen here.
     pub async fn mark_unlisted(
         &self,
         tracked: Tracked<'_>,
@@ -96,7 +101,7 @@ impl Store {
         spared: &[AgentId],
     ) -> Result<Unlisted, StoreError> {
         let spared: Vec<&str> = spared.iter().map(AgentId::as_str).collect();
-        let mut tx = self.pool.begin().await.during("starting to mark unlisted agents")?;
+        let mut tx = self.store.pool.begin().await.during("starting to mark unlisted agents")?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(APPLY_LOCK)
             .execute(&mut *tx)
@@ -106,7 +111,7 @@ impl Store {
         let (went_missing, still_missing, never_seen): (i64, i64, i64) = sqlx::query_as(
             "WITH unlisted AS (
                  SELECT s.agent_id, s.missing_since FROM scan_agent_state s
-                 WHERE s.last_fetched_at < $2
+                 WHERE s.tenant = $4 AND s.last_fetched_at < $2
                    AND ($1::text[] IS NULL OR s.agent_id IN (SELECT unnest($1::text[])))
                    AND s.agent_id <> ALL($3::text[])
              ),
@@ -121,11 +126,13 @@ impl Store {
              SELECT (SELECT count(*) FROM marked),
                     (SELECT count(*) FROM unlisted WHERE missing_since IS NOT NULL),
                     (SELECT count(*) FROM unnest(coalesce($1::text[], '{}')) AS i(agent_id)
-                     WHERE NOT EXISTS (SELECT 1 FROM scan_agent_state s WHERE s.agent_id = i.agent_id))",
+                     WHERE NOT EXISTS (SELECT 1 FROM scan_agent_state s
+                                       WHERE s.agent_id = i.agent_id AND s.tenant = $4))",
         )
         .bind(tracked.ids())
         .bind(listed_since)
         .bind(&spared)
+        .bind(&*self.tenant)
         .fetch_one(&mut *tx)
         .await
         .during("marking unlisted agents missing")?;

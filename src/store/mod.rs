@@ -10,7 +10,8 @@
 //!
 //! Advisory locks used (all transaction-scoped unless noted), in one place so keys never clash:
 //! - [`APPLY_LOCK`]: serializes batch application, so concurrent appliers behave as if in sequence.
-//! - `ledger::LEDGER_LOCK`: serializes budget slot grants across processes.
+//! - `ledger::LEDGER_LOCK`: with the tenant's name hashed as the second of a pair of 32-bit
+//!   keys, serializes one tenant's budget slot grants across processes.
 //! - `leader_lock::LEADER_LOCK` (session-scoped, on a dedicated connection): held by the one
 //!   active `run` instance among several sharing the database.
 //! - `alerts::ALERT_LOCK`: serializes staleness evaluations, so no episode fires twice.
@@ -227,7 +228,8 @@ mod tests {
     /// the leader's session lock block every alert evaluation forever.
     #[test]
     fn advisory_lock_keys_are_distinct() {
-        let keys = [APPLY_LOCK, ledger::LEDGER_LOCK, leader_lock::LEADER_LOCK, alerts::ALERT_LOCK];
+        // ledger::LEDGER_LOCK is a pair of 32-bit keys, a separate key space.
+        let keys = [APPLY_LOCK, leader_lock::LEADER_LOCK, alerts::ALERT_LOCK];
         let distinct: HashSet<i64> = keys.into_iter().collect();
         assert_eq!(distinct.len(), keys.len());
     }

@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use super::{QueryContext, Store, StoreError};
+use super::tenant::TenantStore;
+use super::{QueryContext, StoreError};
 use crate::agent_id::AgentId;
 
 /// How a cycle ended (the `status` column).
@@ -56,15 +57,18 @@ fn count(n: impl TryInto<i32>) -> i32 {
     n.try_into().unwrap_or(i32::MAX)
 }
 
-impl Store {
-    /// Opens a `running` row and returns its id.
+impl TenantStore {
+    /// Opens a `running` row of this tenant and returns its id.
     pub async fn start_run(&self, mode: &str, agents_requested: usize) -> Result<i64, StoreError> {
-        sqlx::query_scalar("INSERT INTO sync_runs (mode, agents_requested) VALUES ($1, $2) RETURNING run_id")
-            .bind(mode)
-            .bind(count(agents_requested))
-            .fetch_one(&self.pool)
-            .await
-            .during("opening a sync run")
+        sqlx::query_scalar(
+            "INSERT INTO sync_runs (mode, agents_requested, tenant) VALUES ($1, $2, $3) RETURNING run_id",
+        )
+        .bind(mode)
+        .bind(count(agents_requested))
+        .bind(&*self.tenant)
+        .fetch_one(&self.store.pool)
+        .await
+        .during("opening a sync run")
     }
 
     /// Closes a run with its outcome.
@@ -86,22 +90,23 @@ impl Store {
         .bind(count(record.throttled))
         .bind(record.list_pages.map(count))
         .bind(&record.error)
-        .execute(&self.pool)
+        .execute(&self.store.pool)
         .await
         .during("closing a sync run")?;
         Ok(())
     }
 
-    /// Marks runs left `running` by a process that died (SIGKILL, power loss) as
-    /// `interrupted`. Only the active instance runs cycles, so when it starts leading every
-    /// `running` row belongs to a dead one.
+    /// Marks this tenant's runs left `running` by a process that died (SIGKILL, power loss)
+    /// as `interrupted`. Only the process leading the tenant runs its cycles, so when it
+    /// starts leading every `running` row of the tenant belongs to a dead one.
     pub async fn close_abandoned_runs(&self) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "UPDATE sync_runs SET status = 'interrupted', finished_at = clock_timestamp(),
                  error = coalesce(error, 'the process stopped before the run finished')
-             WHERE status = 'running'",
+             WHERE status = 'running' AND tenant = $1",
         )
-        .execute(&self.pool)
+        .bind(&*self.tenant)
+        .execute(&self.store.pool)
         .await
         .during("closing abandoned runs")?;
         Ok(done.rows_affected())
@@ -109,37 +114,45 @@ impl Store {
 
     /// Orders IDs for fetching: never-fetched first (in the given order), then the least
     /// recently fetched, so a budget that cannot cover everyone rotates through all of them.
+    /// An agent stored under another tenant counts as never fetched by this one.
     pub async fn fetch_order(&self, ids: &[AgentId]) -> Result<Vec<AgentId>, StoreError> {
         let names: Vec<&str> = ids.iter().map(AgentId::as_str).collect();
         let ordered: Vec<String> = sqlx::query_scalar(
             "SELECT u.agent_id
              FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)
-             LEFT JOIN scan_agents a USING (agent_id)
-             ORDER BY a.last_fetched_at ASC NULLS FIRST, u.position",
+             LEFT JOIN scan_agent_state s ON s.agent_id = u.agent_id AND s.tenant = $2
+             ORDER BY s.last_fetched_at ASC NULLS FIRST, u.position",
         )
         .bind(&names)
-        .fetch_all(&self.pool)
+        .bind(&*self.tenant)
+        .fetch_all(&self.store.pool)
         .await
         .during("ordering agents by last fetch")?;
         Ok(ordered.iter().filter_map(|id| AgentId::from_api(id).ok()).collect())
     }
 
-    /// Every stored agent ID: with `track_all`, the set a complete list is compared with.
+    /// Every agent ID stored under this tenant: with `track_all`, the set a complete list
+    /// is compared with.
     pub async fn stored_ids(&self) -> Result<Vec<AgentId>, StoreError> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT agent_id FROM scan_agents ORDER BY agent_id")
-            .fetch_all(&self.pool)
-            .await
-            .during("listing stored agents")?;
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT agent_id FROM scan_agent_state WHERE tenant = $1 ORDER BY agent_id")
+                .bind(&*self.tenant)
+                .fetch_all(&self.store.pool)
+                .await
+                .during("listing stored agents")?;
         Ok(ids.iter().filter_map(|id| AgentId::from_api(id).ok()).collect())
     }
 
-    /// How many pages the last complete list took, to estimate a list's cost in `auto` mode.
+    /// How many pages this tenant's last complete list took, to estimate a list's cost in
+    /// `auto` mode.
     pub async fn last_list_pages(&self) -> Result<Option<u32>, StoreError> {
         let pages: Option<i32> = sqlx::query_scalar(
-            "SELECT list_pages FROM sync_runs WHERE list_pages IS NOT NULL AND status = 'ok'
+            "SELECT list_pages FROM sync_runs
+             WHERE tenant = $1 AND list_pages IS NOT NULL AND status = 'ok'
              ORDER BY run_id DESC LIMIT 1",
         )
-        .fetch_optional(&self.pool)
+        .bind(&*self.tenant)
+        .fetch_optional(&self.store.pool)
         .await
         .during("reading the last list size")?
         .flatten();

@@ -27,6 +27,7 @@ use crate::budget::Budget;
 use crate::config::{FetchMode, StaleSettings, TenantSettings};
 use crate::defender::DefenderClient;
 use crate::diff::{Diff, Tally};
+use crate::store::apply::Refused;
 use crate::store::runs::RunStatus;
 use crate::store::tenant::TenantStore;
 use crate::store::{Store, StoreError};
@@ -258,16 +259,32 @@ impl Syncer {
             return Ok(0);
         }
         progress.fetched += records.len();
-        let (diff, refetched) = match (options.dry_run, listed_since) {
-            (true, _) => (self.store.plan(records, missing).await?, 0),
-            (false, Some(since)) => {
-                let applied = self.store.apply_page(records, since).await?;
-                (applied.diff, applied.refetched)
+        let applied = match (options.dry_run, listed_since) {
+            (true, _) => {
+                progress.add(self.store.plan(records, missing).await?, options);
+                return Ok(0);
             }
-            (false, None) => (self.store.apply(records, missing).await?.diff, 0),
+            (false, Some(since)) => self.store.apply_page(records, since).await?,
+            (false, None) => self.store.apply(records, missing).await?,
         };
-        progress.add(diff, options);
-        Ok(refetched)
+        self.refuse(&applied.refused, progress);
+        progress.add(applied.diff, options);
+        Ok(applied.refetched)
+    }
+
+    /// Agents this tenant's API returned that are stored under another tenant: the batch
+    /// left them out, and each is a failure of the cycle naming both tenants.
+    fn refuse(&self, refused: &[Refused], progress: &mut Progress) {
+        for agent in refused {
+            let error = format!(
+                "the API of tenant {} returned this agent, which is stored under tenant {}; it was \
+                 refused, not moved: check each tenant's tenant_id and agent selection",
+                self.store.tenant(),
+                agent.stored_under
+            );
+            tracing::error!(agent_id = %agent.agent_id, tenant = %self.store.tenant(), stored_under = %agent.stored_under, "{error}");
+            progress.fail(agent.agent_id.as_str(), error);
+        }
     }
 
     fn guard(&self, options: &CycleOptions) -> Guard {

@@ -18,6 +18,11 @@
 //! a payload is rewritten only when its hash differs; a change of attributes first appends
 //! the closing version to the history, copied from the state row it leaves.
 //!
+//! Tenants (migration 20261206000010): a batch is applied for one tenant ([`TenantStore`]).
+//! New agents are stored under it, history rows copy their state row's tenant, and an agent
+//! the batch holds that is stored under another tenant is taken out of the batch before
+//! anything is written and returned as [`Refused`]: an agent's tenant never changes.
+//!
 //! Concurrency: the transaction first takes the [`APPLY_LOCK`] advisory lock and only then
 //! reads current state and picks its timestamp, so two appliers run strictly one after the
 //! other and end with the same history as one applying both batches in order. A dropped
@@ -30,12 +35,14 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, Postgres, Transaction};
 
 use self::columns::{PayloadColumns, Payloads, StateColumns, TimesColumns, upsert_times, with_payload_times};
-use self::read::{inspect, read_stored};
+use self::read::{Inspected, inspect, read_stored};
 use super::nodelay::disable_nagle;
+use super::tenant::TenantStore;
 use super::{APPLY_LOCK, QueryContext, Store, StoreError};
 use crate::agent::AgentRecord;
 use crate::agent_id::AgentId;
 use crate::diff::{Diff, Status, dedup_batch};
+use crate::tenant_name::TenantName;
 
 /// The outcome of applying one batch.
 #[derive(Debug, Clone)]
@@ -43,24 +50,44 @@ pub struct Applied {
     pub diff: Diff,
     /// The database time the batch was applied at: `valid_from`, `observed_at`, `last_fetched_at`.
     pub applied_at: DateTime<Utc>,
-    /// Agents of the batch fetched already since the listing began ([`Store::apply_page`]).
+    /// Agents of the batch fetched already since the listing began ([`TenantStore::apply_page`]).
     pub refetched: usize,
+    /// Agents of the batch stored under another tenant: not written, and not in `diff`.
+    pub refused: Vec<Refused>,
+}
+
+/// An agent that a tenant's API returned while it is stored under another tenant: refused,
+/// never moved (PRODUCT.md, "Tenants"). The cycle reports it as a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub agent_id: AgentId,
+    /// The tenant the agent is stored under.
+    pub stored_under: String,
 }
 
 impl Store {
-    /// Computes what applying `fetched` and `missing` would change, writing nothing.
+    /// [`TenantStore::apply`] of the tenant of a single-tenant configuration.
+    pub async fn apply(&self, fetched: Vec<AgentRecord>, missing: &[AgentId]) -> Result<Applied, StoreError> {
+        self.for_tenant(TenantName::default()).apply(fetched, missing).await
+    }
+}
+
+impl TenantStore {
+    /// Computes what applying `fetched` and `missing` would change, writing nothing. An
+    /// agent stored under another tenant shows as new here; applying refuses it.
     #[tracing::instrument(skip_all, fields(fetched = fetched.len(), missing = missing.len()))]
     pub async fn plan(&self, fetched: Vec<AgentRecord>, missing: &[AgentId]) -> Result<Diff, StoreError> {
         let fetched = dedup_batch(fetched);
-        let mut conn = self.pool.acquire().await.during("connecting to plan a batch")?;
+        let mut conn = self.store.pool.acquire().await.during("connecting to plan a batch")?;
         let ids: Vec<&AgentId> = fetched.iter().map(|r| &r.id).chain(missing).collect();
-        let stored = read_stored(&mut conn, &ids).await?;
+        let stored = read_stored(&mut conn, &self.tenant, &ids).await?;
         Ok(Diff::compute(&stored, &fetched, missing))
     }
 
-    /// Applies a batch: new agents, changed attributes (closing and opening versions), new
-    /// `lastSeen` values, missing marks, and the `last_fetched_at` stamp, all or nothing.
-    #[tracing::instrument(skip_all, fields(fetched = fetched.len(), missing = missing.len()))]
+    /// Applies a batch for this tenant: new agents, changed attributes (closing and opening
+    /// versions), new `lastSeen` values, missing marks, and the `last_fetched_at` stamp, all
+    /// or nothing. Agents stored under another tenant are left out ([`Applied::refused`]).
+    #[tracing::instrument(skip_all, fields(tenant = %self.tenant, fetched = fetched.len(), missing = missing.len()))]
     pub async fn apply(&self, fetched: Vec<AgentRecord>, missing: &[AgentId]) -> Result<Applied, StoreError> {
         self.apply_batch(fetched, missing, None).await
     }
@@ -68,7 +95,7 @@ impl Store {
     /// Applies one page of a listing that started at `listed_since` (database clock), and
     /// counts the page's agents that an earlier page of the same listing returned already:
     /// a list that repeats agents is paging inconsistently and may have skipped others.
-    #[tracing::instrument(skip_all, fields(fetched = fetched.len()))]
+    #[tracing::instrument(skip_all, fields(tenant = %self.tenant, fetched = fetched.len()))]
     pub async fn apply_page(
         &self,
         fetched: Vec<AgentRecord>,
@@ -92,7 +119,7 @@ impl Store {
             let payloads = Payloads::take(&mut fetched);
             (fetched, payloads)
         });
-        let mut conn = self.pool.acquire().await.during("connecting to apply a batch")?;
+        let mut conn = self.store.pool.acquire().await.during("connecting to apply a batch")?;
         let mut tx = conn.begin().await.during("starting the batch transaction")?;
         disable_nagle(&mut tx).await;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -115,21 +142,53 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .during("reading the database clock")?;
-        let (fetched, payloads) = hashing.await.expect("hashing payloads cannot panic");
-        let inspected = inspect(&mut tx, &fetched, &payloads, listed_since).await?;
+        let (mut fetched, mut payloads) = hashing.await.expect("hashing payloads cannot panic");
+        let mut inspected = inspect(&mut tx, &self.tenant, &fetched, &payloads, listed_since).await?;
+        let refused = refuse_foreign(&mut fetched, &mut payloads, &mut inspected);
         let (known, mut stored) = (inspected.known, inspected.stored);
-        stored.extend(read_stored(&mut tx, &missing.iter().collect::<Vec<_>>()).await?);
+        stored.extend(read_stored(&mut tx, &self.tenant, &missing.iter().collect::<Vec<_>>()).await?);
         let diff = Diff::compute_known(&stored, &fetched, &known, missing);
         let stored = Stored { known: &known, payload: &inspected.payload_stored };
-        write(&mut tx, &fetched, payloads, stored, &diff, applied_at).await?;
+        write(&mut tx, &self.tenant, &fetched, payloads, stored, &diff, applied_at).await?;
         tx.commit().await.during("committing the batch")?;
         if big {
             // sqlx keeps a connection's buffers as large as its largest message, megabytes
             // after a big batch; a pooled connection would hold them for as long as it lives.
             let _ = conn.close().await;
         }
-        Ok(Applied { diff, applied_at, refetched: inspected.refetched })
+        Ok(Applied { diff, applied_at, refetched: inspected.refetched, refused })
     }
+}
+
+/// Takes the agents stored under another tenant out of the batch (and out of everything
+/// parallel to it), so nothing of them is written, and returns them.
+fn refuse_foreign(
+    fetched: &mut Vec<AgentRecord>,
+    payloads: &mut Payloads,
+    inspected: &mut Inspected,
+) -> Vec<Refused> {
+    if inspected.foreign.is_empty() {
+        return Vec::new();
+    }
+    let mut drop = vec![false; fetched.len()];
+    let mut refused = Vec::with_capacity(inspected.foreign.len());
+    for (index, stored_under) in inspected.foreign.drain(..) {
+        drop[index] = true;
+        refused.push(Refused { agent_id: fetched[index].id.clone(), stored_under });
+    }
+    keep_unmarked(fetched, &drop);
+    keep_unmarked(&mut payloads.text, &drop);
+    keep_unmarked(&mut payloads.sha256, &drop);
+    keep_unmarked(&mut payloads.fingerprint, &drop);
+    keep_unmarked(&mut inspected.known, &drop);
+    keep_unmarked(&mut inspected.payload_stored, &drop);
+    refused
+}
+
+/// Removes the items whose flag in `drop` (parallel to `items`) is set, keeping the order.
+fn keep_unmarked<T>(items: &mut Vec<T>, drop: &[bool]) {
+    let mut flags = drop.iter();
+    items.retain(|_| !flags.next().copied().unwrap_or(false));
 }
 
 /// From this many agents a batch's statements are megabytes long (a list page is 10,000).
@@ -145,6 +204,7 @@ struct Stored<'a> {
 
 async fn write(
     tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
     fetched: &[AgentRecord],
     payloads: Payloads,
     stored: Stored<'_>,
@@ -202,17 +262,17 @@ async fn write(
     }
 
     if !new_agents.last_seen.is_empty() {
-        insert_agents(tx, &new_agents, &new_payloads, at).await?;
+        insert_agents(tx, tenant, &new_agents, &new_payloads, at).await?;
     }
     if !closed_versions.is_empty() {
         // Before the state rows change: each closing version is copied from the row it leaves.
         sqlx::query(
             "INSERT INTO scan_agent_version_history (version_id, agent_id, machine_id,
                  computer_dns_name, assigned_application_id, scanner_software_version,
-                 mde_client_version, valid_from, valid_to)
+                 mde_client_version, valid_from, valid_to, tenant)
              SELECT s.version_id, s.agent_id, s.machine_id, s.computer_dns_name,
                     s.assigned_application_id, s.scanner_software_version, s.mde_client_version,
-                    s.valid_from, $2
+                    s.valid_from, $2, s.tenant
              FROM UNNEST($1::text[]) AS u(agent_id)
              JOIN scan_agent_state s ON s.agent_id = u.agent_id",
         )
@@ -264,14 +324,15 @@ async fn write(
     if !seen_ids.is_empty() {
         // A lastSeen value held before (it went back and forth) is already recorded once.
         sqlx::query(
-            "INSERT INTO scan_agent_last_seen (agent_id, last_seen, observed_at)
-             SELECT u.agent_id, u.last_seen, $3
+            "INSERT INTO scan_agent_last_seen (agent_id, last_seen, observed_at, tenant)
+             SELECT u.agent_id, u.last_seen, $3, $4
              FROM UNNEST($1::text[], $2::timestamptz[]) AS u(agent_id, last_seen)
              ON CONFLICT (agent_id, last_seen) DO NOTHING",
         )
         .bind(&seen_ids)
         .bind(&seen_values)
         .bind(at)
+        .bind(tenant)
         .execute(&mut **tx)
         .await
         .during("recording lastSeen values")?;
@@ -293,10 +354,11 @@ async fn write(
     Ok(())
 }
 
-/// Inserts agents seen for the first time: state with its first version and fetch stamp,
-/// and payload.
+/// Inserts agents seen for the first time, under `tenant`: state with its first version and
+/// fetch stamp, and payload.
 async fn insert_agents(
     tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
     rows: &StateColumns<'_>,
     payloads: &PayloadColumns<'_>,
     at: DateTime<Utc>,
@@ -305,12 +367,12 @@ async fn insert_agents(
         "INSERT INTO scan_agent_state (agent_id, machine_id, computer_dns_name,
              assigned_application_id, scanner_software_version, mde_client_version,
              last_seen, last_command_execution_at, fingerprint,
-             first_observed_at, last_changed_at, valid_from, last_fetched_at)
-         SELECT u.*, $10, $10, $10, $10
+             first_observed_at, last_changed_at, valid_from, last_fetched_at, tenant)
+         SELECT u.*, $10, $10, $10, $10, $11
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::timestamptz[], $8::timestamptz[], $9::bytea[]) AS u",
     );
-    rows.bind(insert).bind(at).execute(&mut **tx).await.during("inserting new agents")?;
+    rows.bind(insert).bind(at).bind(tenant).execute(&mut **tx).await.during("inserting new agents")?;
     payloads
         .bind(with_payload_times!(
             "INSERT INTO scan_agent_payloads (agent_id, raw, raw_sha256)

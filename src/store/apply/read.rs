@@ -33,6 +33,10 @@ struct StoredRow {
     /// fetched.
     #[sqlx(default)]
     payload_stored: Option<bool>,
+    /// Only in [`inspect`]'s rows: the tenant the agent is stored under, when it is not the
+    /// one applying the batch.
+    #[sqlx(default)]
+    other_tenant: Option<String>,
 }
 
 impl StoredRow {
@@ -55,10 +59,12 @@ impl StoredRow {
     }
 }
 
-/// Reads the stored state of `ids`, returned by position in the IDs sent so no ID text is
-/// sent back or parsed. IDs not stored are absent from the map.
+/// Reads the stored state of `ids` stored under `tenant`, returned by position in the IDs
+/// sent so no ID text is sent back or parsed. IDs not stored under `tenant` are absent from
+/// the map: to this tenant, an agent of another is one it has never seen.
 pub(super) async fn read_stored(
     conn: &mut PgConnection,
+    tenant: &str,
     ids: &[&AgentId],
 ) -> Result<HashMap<AgentId, StoredAgent>, StoreError> {
     if ids.is_empty() {
@@ -70,9 +76,10 @@ pub(super) async fn read_stored(
                 s.scanner_software_version, s.mde_client_version, s.last_seen,
                 s.last_command_execution_at, s.missing_since
          FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)
-         JOIN scan_agent_state s ON s.agent_id = u.agent_id",
+         JOIN scan_agent_state s ON s.agent_id = u.agent_id AND s.tenant = $2",
     )
     .bind(&texts)
+    .bind(tenant)
     .fetch_all(&mut *conn)
     .await
     .during("reading the stored agents")?;
@@ -99,12 +106,17 @@ pub(super) struct Inspected {
     /// sending their unchanged payloads took a tenth off a 100k list cycle's statements and
     /// 7 MiB off its peak (BENCHMARKS.md, "Big fleets").
     pub payload_stored: Vec<bool>,
+    /// Batch indexes of agents stored under another tenant, with that tenant: in neither
+    /// `known` nor `stored`, and never written (PRODUCT.md, "Tenants": refused, never moved).
+    pub foreign: Vec<(usize, String)>,
 }
 
 /// Compares each fetched agent's fingerprint with the stored one. Known agents' state is not
-/// sent back: at 100k unchanged agents that would be most of the statement's time.
+/// sent back: at 100k unchanged agents that would be most of the statement's time. Agents
+/// stored under a tenant other than `tenant` come back as [`Inspected::foreign`].
 pub(super) async fn inspect(
     conn: &mut PgConnection,
+    tenant: &str,
     fetched: &[AgentRecord],
     payloads: &Payloads,
     listed_since: Option<DateTime<Utc>>,
@@ -130,7 +142,8 @@ pub(super) async fn inspect(
              -- A probe per agent: a join would hash the whole payload table for each page.
              (SELECT p.raw_sha256 = u.raw_sha256 FROM scan_agent_payloads p
               WHERE p.agent_id = u.agent_id AND s.fingerprint IS DISTINCT FROM u.fingerprint)
-                 AS payload_stored
+                 AS payload_stored,
+             nullif(s.tenant, $5) AS other_tenant
          FROM UNNEST($1::text[], $2::bytea[], $4::bytea[])
               WITH ORDINALITY AS u(agent_id, fingerprint, raw_sha256, position)
          JOIN scan_agent_state s ON s.agent_id = u.agent_id",
@@ -139,14 +152,20 @@ pub(super) async fn inspect(
     .bind(&payloads.fingerprint)
     .bind(listed_since)
     .bind(&payloads.sha256)
+    .bind(tenant)
     .fetch_all(&mut *conn)
     .await
     .during("reading the stored agents' fingerprints")?;
     let mut known = vec![false; fetched.len()];
     let mut payload_stored = vec![false; fetched.len()];
     let mut stored = HashMap::with_capacity(rows.len());
-    let refetched = rows.iter().filter(|row| row.again == Some(true)).count();
-    for row in rows {
+    let mut foreign = Vec::new();
+    let refetched = rows.iter().filter(|row| row.again == Some(true) && row.other_tenant.is_none()).count();
+    for mut row in rows {
+        if let Some(other) = row.other_tenant.take() {
+            foreign.push((usize::try_from(row.position - 1).expect("ORDINALITY counts from 1"), other));
+            continue;
+        }
         let same_payload = row.payload_stored == Some(true);
         match row.into_agent() {
             (index, None) => known[index] = true,
@@ -156,5 +175,5 @@ pub(super) async fn inspect(
             }
         }
     }
-    Ok(Inspected { known, stored, refetched, payload_stored })
+    Ok(Inspected { known, stored, refetched, payload_stored, foreign })
 }
