@@ -396,17 +396,8 @@ fn require_api_credentials<'a>(
 async fn stale(globals: &Globals, args: StaleArgs) -> Result<ExitCode, Failure> {
     let settings = globals.configure()?;
     let selection = settings.select_tenants(&args.tenants)?;
-    if !settings.tenants().iter().all(|tenant| selection.includes(&tenant.name)) {
-        // The stale view does not carry the tenant yet (every stored row is the tenant
-        // `default`'s), so a part of several tenants cannot be told apart from the rest.
-        return Err(anyhow::anyhow!(
-            "stale --tenant can only select every configured tenant while the database does not record \
-             each agent's tenant; run `stale` without --tenant"
-        )
-        .into());
-    }
     let store = Store::connect(&settings.database.url, 1).await?;
-    let report = report::stale_report(&store).await?;
+    let report = report::stale_report(&store, &selection).await?;
     print_report(&report, args.json)?;
     Ok(ExitCode::SUCCESS)
 }

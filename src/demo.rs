@@ -154,7 +154,7 @@ async fn summarize(store: &Store, sim: &simulator::SimulatorHandle) -> anyhow::R
         let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "null".into());
         println!("  {agent_id}: scanner {} -> {}", show(old), show(new));
     }
-    let stale = store.stale_agents().await?;
+    let stale = store.stale_agents(None).await?;
     println!("Stale or missing now (stale.after = {STALE_AFTER}): {}", stale.len());
     for agent in stale.iter().take(8) {
         let state = if agent.missing_since.is_some() { "missing" } else { "silent" };

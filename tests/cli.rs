@@ -208,15 +208,6 @@ fn an_unknown_tenant_flag_exits_78_listing_the_configured_tenants() {
 }
 
 #[test]
-fn stale_for_part_of_the_tenants_says_why_it_cannot_yet() {
-    let (_dir, path) = config_file(&two_tenants_config());
-    let out =
-        run(&["--config", path.to_str().expect("UTF-8 temp path"), "stale", "--tenant", "contoso"], &[]);
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.contains("without --tenant"), "{}", out.stderr);
-}
-
-#[test]
 fn check_config_names_every_tenant() {
     let (_dir, path) = config_file(&two_tenants_config());
     let out = run_with(&path, "check-config", &[("SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET", CLIENT_SECRET)]);

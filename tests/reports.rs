@@ -5,6 +5,7 @@ mod support;
 use chrono::NaiveDate;
 use scan_agent_sync::agent::AgentRecord;
 use scan_agent_sync::report::{history_report, stale_report};
+use scan_agent_sync::tenant_name::{TenantName, TenantSelection};
 use serde_json::json;
 
 fn record(id: &str, version: &str, last_seen: &str) -> AgentRecord {
@@ -42,13 +43,39 @@ async fn history_lists_versions_and_last_seen_values_and_unknown_agents_are_none
 #[tokio::test]
 async fn stale_report_shows_stale_agents_as_table_and_json() {
     let store = support::fresh_store().await;
-    assert_eq!(stale_report(&store).await.unwrap().to_string(), "No stale agents.\n");
+    let every = TenantSelection::all();
+    assert_eq!(stale_report(&store, &every).await.unwrap().to_string(), "No stale agents.\n");
     store.apply(vec![record("old", "7.1", "2020-01-01T00:00:00Z")], &[]).await.unwrap();
-    let report = stale_report(&store).await.unwrap();
+    let report = stale_report(&store, &every).await.unwrap();
     let text = report.to_string();
-    assert!(text.starts_with("AGENT") && text.contains("old.example.org") && text.contains('d'), "{text}");
+    assert!(text.starts_with("TENANT") && text.contains("old.example.org") && text.contains('d'), "{text}");
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json[0]["agent_id"], "old");
+    assert_eq!(json[0]["tenant"], "default");
+}
+
+/// `stale --tenant`: each tenant's stale agents apart, or all of them.
+#[tokio::test]
+async fn the_stale_report_selects_tenants() {
+    let store = support::fresh_store().await;
+    for (tenant, agent) in [("contoso", "c-old"), ("fabrikam", "f-old")] {
+        let tenant = TenantName::parse(tenant).unwrap();
+        store
+            .for_tenant(tenant)
+            .apply(vec![record(agent, "7.1", "2020-01-01T00:00:00Z")], &[])
+            .await
+            .unwrap();
+    }
+    let listed = |selection: TenantSelection| {
+        let store = store.clone();
+        async move {
+            let report = stale_report(&store, &selection).await.unwrap();
+            report.agents.iter().map(|a| format!("{}/{}", a.tenant, a.agent_id)).collect::<Vec<_>>()
+        }
+    };
+    let contoso = TenantSelection::only(vec![TenantName::parse("contoso").unwrap()]);
+    assert_eq!(listed(contoso).await, ["contoso/c-old"]);
+    assert_eq!(listed(TenantSelection::all()).await, ["contoso/c-old", "fabrikam/f-old"]);
 }
 
 #[tokio::test]

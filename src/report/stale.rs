@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::table::{Table, human_duration, maybe_when, text, when};
 use crate::store::stale::StaleAgent;
 use crate::store::{Store, StoreError};
+use crate::tenant_name::TenantSelection;
 
 /// The stale agents, longest stale first. `--json` prints the bare array.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -18,8 +19,8 @@ pub struct StaleReport {
 
 /// Reads the stale agents. The view's threshold is the one the service last stored
 /// (`Store::set_stale_after`), so this agrees with what alerts fire on.
-pub async fn stale_report(store: &Store) -> Result<StaleReport, StoreError> {
-    Ok(StaleReport { agents: store.stale_agents().await? })
+pub async fn stale_report(store: &Store, tenants: &TenantSelection) -> Result<StaleReport, StoreError> {
+    Ok(StaleReport { agents: store.stale_agents(tenants.names()).await? })
 }
 
 impl fmt::Display for StaleReport {
@@ -27,9 +28,11 @@ impl fmt::Display for StaleReport {
         if self.agents.is_empty() {
             return writeln!(f, "No stale agents.");
         }
-        let mut table = Table::new(&["AGENT", "DNS NAME", "LAST SEEN", "STALE FOR", "MISSING SINCE"]);
+        let mut table =
+            Table::new(&["TENANT", "AGENT", "DNS NAME", "LAST SEEN", "STALE FOR", "MISSING SINCE"]);
         for agent in &self.agents {
             table.row(vec![
+                agent.tenant.clone(),
                 agent.agent_id.clone(),
                 text(agent.computer_dns_name.as_deref()),
                 when(agent.last_seen),

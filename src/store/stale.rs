@@ -6,10 +6,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{QueryContext, Store, StoreError, interval};
+use crate::tenant_name::TenantName;
 
 /// One row of `stale_scan_agents`.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
 pub struct StaleAgent {
+    pub tenant: String,
     pub agent_id: String,
     pub computer_dns_name: Option<String>,
     pub last_seen: DateTime<Utc>,
@@ -49,13 +51,18 @@ impl Store {
             .during("reading stale agents' lastSeen")
     }
 
-    /// The agents stale now, longest stale first.
-    pub async fn stale_agents(&self) -> Result<Vec<StaleAgent>, StoreError> {
+    /// The agents stale now, longest stale first: of the tenants named, or of every tenant
+    /// for `None`.
+    pub async fn stale_agents(&self, tenants: Option<&[TenantName]>) -> Result<Vec<StaleAgent>, StoreError> {
+        let tenants: Option<Vec<&str>> = tenants.map(|names| names.iter().map(|name| &**name).collect());
         sqlx::query_as(
-            "SELECT agent_id, computer_dns_name, last_seen,
+            "SELECT tenant, agent_id, computer_dns_name, last_seen,
                     extract(epoch FROM stale_for)::float8 AS stale_for_seconds, missing_since
-             FROM stale_scan_agents ORDER BY last_seen, agent_id",
+             FROM stale_scan_agents
+             WHERE $1::text[] IS NULL OR tenant = ANY($1)
+             ORDER BY last_seen, agent_id",
         )
+        .bind(tenants)
         .fetch_all(&self.pool)
         .await
         .during("listing stale agents")
