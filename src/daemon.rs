@@ -79,7 +79,7 @@ pub async fn run(
         }
         None => None,
     };
-    let tenants = settings
+    let mut tenants: Vec<TenantCycle> = settings
         .tenants()
         .iter()
         .map(|tenant| TenantCycle::new(tenant, &settings, store.clone()))
@@ -105,7 +105,8 @@ pub async fn run(
         metrics.clone(),
         cancel.clone(),
     ));
-    let (_, call_watermark) = store.calls_since(0).await?;
+    let call_watermark = store.last_call_id().await?;
+    tenants.iter_mut().for_each(|tenant| tenant.call_watermark = call_watermark);
 
     notify::ready();
     let mut daemon = Daemon {
@@ -116,7 +117,6 @@ pub async fn run(
         busy,
         leader: leadership.subscribe(),
         cancel: cancel.clone(),
-        call_watermark,
     };
     daemon.run_loop(ticks).await?;
 
@@ -186,8 +186,6 @@ struct Daemon {
     busy: Busy,
     leader: watch::Receiver<LeaderState>,
     cancel: CancellationToken,
-    /// The newest ledger row already counted in the request metrics.
-    call_watermark: i64,
 }
 
 /// One tenant's share of the loop: its syncer, its agents and its running cycle.
@@ -205,6 +203,8 @@ struct TenantCycle {
     /// A tick came while the running cycle, past its deadline, only applied what it fetched:
     /// the next cycle starts as soon as it ends.
     tick_waiting: bool,
+    /// The newest of the tenant's ledger rows already counted in the request metrics.
+    call_watermark: i64,
 }
 
 impl TenantCycle {
@@ -217,6 +217,7 @@ impl TenantCycle {
             newly_leading: true,
             cycle_cancel: None,
             tick_waiting: false,
+            call_watermark: 0,
         })
     }
 
@@ -379,7 +380,7 @@ impl Daemon {
             }
         }
         self.refresh_budget_metrics(index).await;
-        self.count_api_calls().await;
+        self.count_api_calls(index).await;
         self.evaluate_staleness().await;
         if std::mem::take(&mut self.tenants[index].tick_waiting) && !self.cancel.is_cancelled() {
             self.maybe_start_cycle(index);
@@ -414,19 +415,20 @@ impl Daemon {
         }
     }
 
-    /// Turns the ledger rows of the last cycle into request and 429 counters.
-    async fn count_api_calls(&mut self) {
-        match self.store.calls_since(self.call_watermark).await {
+    /// Turns the ledger rows of tenant `index`'s last cycle into request and 429 counters.
+    async fn count_api_calls(&mut self, index: usize) {
+        let tenant = &mut self.tenants[index];
+        match tenant.syncer.store.calls_since(tenant.call_watermark).await {
             Ok((counts, newest)) => {
                 for (endpoint, status, n) in counts {
                     let code = if status == 0 { "none".to_owned() } else { status.to_string() };
                     let n = u64::try_from(n).unwrap_or(0);
-                    self.metrics.record_api_requests(&endpoint, &code, n);
+                    self.metrics.record_api_requests(&tenant.settings.name, &endpoint, &code, n);
                     if status == 429 {
-                        self.metrics.record_throttled(n);
+                        self.metrics.record_throttled(&tenant.settings.name, n);
                     }
                 }
-                self.call_watermark = newest;
+                tenant.call_watermark = newest;
             }
             Err(error) => tracing::warn!(%error, "reading the call ledger for the metrics failed"),
         }

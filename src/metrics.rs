@@ -36,6 +36,7 @@ type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
+    tenant: String,
     endpoint: String,
     code: String,
 }
@@ -76,7 +77,7 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     api_requests: Family<RequestLabels, Counter>,
-    api_throttled: Counter,
+    api_throttled: Family<TenantLabel, Counter>,
     budget_remaining: Family<WindowLabel, Gauge>,
     sync_runs: Family<StatusLabel, Counter>,
     last_success: Family<TenantLabel, FloatGauge>,
@@ -108,13 +109,13 @@ impl Metrics {
         let api_requests = Family::default();
         registry.register(
             "scan_agent_sync_api_requests",
-            "Defender API requests made, by endpoint and HTTP status code (or error kind)",
+            "Defender API requests made, by tenant, endpoint and HTTP status code (or error kind)",
             api_requests.clone(),
         );
-        let api_throttled = Counter::default();
+        let api_throttled = Family::default();
         registry.register(
             "scan_agent_sync_api_throttled",
-            "Defender API answers of 429 Too Many Requests",
+            "Defender API answers of 429 Too Many Requests, by tenant",
             api_throttled.clone(),
         );
         let budget_remaining = Family::default();
@@ -194,15 +195,17 @@ impl Metrics {
         }
     }
 
-    /// Counts `count` API requests; `code` is the HTTP status, or `none` when no answer came.
-    pub fn record_api_requests(&self, endpoint: &str, code: &str, count: u64) {
-        let labels = RequestLabels { endpoint: endpoint.to_owned(), code: code.to_owned() };
+    /// Counts `count` API requests of `tenant`; `code` is the HTTP status, or `none` when no
+    /// answer came.
+    pub fn record_api_requests(&self, tenant: &str, endpoint: &str, code: &str, count: u64) {
+        let labels =
+            RequestLabels { tenant: tenant.to_owned(), endpoint: endpoint.to_owned(), code: code.to_owned() };
         self.inner.api_requests.get_or_create(&labels).inc_by(count);
     }
 
-    /// Counts `count` 429 answers.
-    pub fn record_throttled(&self, count: u64) {
-        self.inner.api_throttled.inc_by(count);
+    /// Counts `count` 429 answers to `tenant`'s requests.
+    pub fn record_throttled(&self, tenant: &str, count: u64) {
+        self.inner.api_throttled.get_or_create(&TenantLabel { tenant: tenant.to_owned() }).inc_by(count);
     }
 
     /// Sets the calls left in one of `tenant`'s windows, labelled as

@@ -176,6 +176,7 @@ async fn json_bodies_are_single_objects_with_max_batch_1_and_arrays_above() {
     let expected = |i: usize| {
         json!({
             "status": "firing",
+            "tenant": "default",
             "agent_id": format!("agent-{i:05}"),
             "computer_dns_name": null,
             "last_seen": "2026-01-01T00:00:00Z",

@@ -283,6 +283,7 @@ async fn alertmanager_body_field_by_field() {
     let sent = fired_then_resolved(AlertFormat::Alertmanager).await;
     let labels = json!({
         "alertname": "ScanAgentStale",
+        "tenant": "default",
         "agent_id": "a1",
         "computer_dns_name": "a1.example.org",
         "severity": "warning",
@@ -325,6 +326,7 @@ async fn json_body_field_by_field() {
         sent[0],
         json!({
             "status": "firing",
+            "tenant": "default",
             "agent_id": "a1",
             "computer_dns_name": "a1.example.org",
             "last_seen": "2026-01-01T00:00:00Z",
@@ -339,6 +341,7 @@ async fn json_body_field_by_field() {
         sent[1],
         json!({
             "status": "resolved",
+            "tenant": "default",
             "agent_id": "a1",
             "computer_dns_name": "a1.example.org",
             "last_seen": "2026-01-01T00:01:40Z",

@@ -54,8 +54,8 @@ fn dead_store() -> Store {
 /// Calls every recording method once, so every series has a sample.
 fn record_everything(metrics: &Metrics) {
     let at = Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap();
-    metrics.record_api_requests("by-id", "200", 1);
-    metrics.record_throttled(1);
+    metrics.record_api_requests("contoso", "by-id", "200", 1);
+    metrics.record_throttled("contoso", 1);
     metrics.set_budget_remaining("contoso", "100/1m", 42);
     metrics.record_run("contoso", "ok", Duration::from_millis(1500), Some(at));
     metrics.set_agent_counts(10, 2, 1);
@@ -78,8 +78,12 @@ async fn metrics_parse_as_prometheus_text_and_carry_every_named_series() {
     let samples = parse_exposition(&body);
 
     let expected: &[(&str, Labels, f64)] = &[
-        ("scan_agent_sync_api_requests_total", &[("endpoint", "by-id"), ("code", "200")], 1.0),
-        ("scan_agent_sync_api_throttled_total", &[], 1.0),
+        (
+            "scan_agent_sync_api_requests_total",
+            &[("tenant", "contoso"), ("endpoint", "by-id"), ("code", "200")],
+            1.0,
+        ),
+        ("scan_agent_sync_api_throttled_total", &[("tenant", "contoso")], 1.0),
         ("scan_agent_sync_rate_budget_remaining", &[("tenant", "contoso"), ("window", "100/1m")], 42.0),
         ("scan_agent_sync_sync_runs_total", &[("tenant", "contoso"), ("status", "ok")], 1.0),
         ("scan_agent_sync_last_success_timestamp_seconds", &[("tenant", "contoso")], 1_740_830_400.0),

@@ -86,12 +86,12 @@ fn alertmanager(notification: &Notification, how: &Rendering) -> Value {
 }
 
 /// Labels identify the alert (Alertmanager de-duplicates on them), so they hold only what
-/// names the agent; `computer_dns_name` is left out when unknown, as Alertmanager treats an
-/// empty label as absent anyway. No `tenant` label yet: adding one would change the
-/// identity of alerts already firing.
+/// names the agent and its tenant; `computer_dns_name` is left out when unknown, as
+/// Alertmanager treats an empty label as absent anyway.
 fn agent_alert(event: &AlertEvent, how: &Rendering) -> Value {
     let mut labels = Map::new();
     labels.insert("alertname".into(), ALERT_NAME.into());
+    labels.insert("tenant".into(), event.tenant.clone().into());
     labels.insert("agent_id".into(), event.agent_id.clone().into());
     if let Some(dns) = &event.computer_dns_name {
         labels.insert("computer_dns_name".into(), dns.clone().into());
@@ -137,6 +137,7 @@ fn plain(notification: &Notification) -> Value {
     match notification {
         Notification::Agent(event) => json!({
             "status": event.status,
+            "tenant": event.tenant,
             "agent_id": event.agent_id,
             "computer_dns_name": event.computer_dns_name,
             "last_seen": timestamp(event.last_seen),

@@ -94,7 +94,7 @@ macro_rules! queue_agent_events {
         "INSERT INTO alert_outbox (episode_id, agent_id, kind, payload, created_at, next_attempt_at)
          SELECT ev.episode_id, ev.agent_id, ev.kind,
                 jsonb_build_object(
-                    'status', ev.kind, 'agent_id', ev.agent_id,
+                    'status', ev.kind, 'tenant', s.tenant, 'agent_id', ev.agent_id,
                     'computer_dns_name', s.computer_dns_name, 'last_seen', s.last_seen,
                     'missing_since', s.missing_since, 'stale_since', ev.stale_since,
                     'fired_at', ev.started_at, 'resolved_at', ev.resolved_at, 'repeat', ev.repeat),

@@ -164,23 +164,35 @@ impl TenantStore {
         }
         Ok(remaining)
     }
-}
 
-impl Store {
-    /// Calls recorded after ledger row `after`, by endpoint and status (0: no answer), and
-    /// the newest row id seen. The daemon reads this once a cycle is over, so every call has
-    /// its answer; it turns them into request counters without the client knowing metrics.
+    /// This tenant's calls recorded after ledger row `after`, by endpoint and status (0: no
+    /// answer), and the newest of its row ids seen. The daemon reads this once the tenant's
+    /// cycle is over, so each call has its answer (another tenant's cycle may still be
+    /// waiting for some); it turns them into request counters without the client knowing
+    /// metrics.
     pub async fn calls_since(&self, after: i64) -> Result<(Vec<(String, i16, i64)>, i64), StoreError> {
         let rows: Vec<(String, i16, i64, i64)> = sqlx::query_as(
             "SELECT endpoint, coalesce(status, 0::smallint), count(*), max(call_id) FROM api_calls
-             WHERE call_id > $1
+             WHERE call_id > $1 AND tenant = $2
              GROUP BY 1, 2",
         )
         .bind(after)
-        .fetch_all(&self.pool)
+        .bind(&*self.tenant)
+        .fetch_all(&self.store.pool)
         .await
         .during("counting recent API calls")?;
         let newest = rows.iter().map(|r| r.3).max().unwrap_or(after);
         Ok((rows.into_iter().map(|(endpoint, status, n, _)| (endpoint, status, n)).collect(), newest))
+    }
+}
+
+impl Store {
+    /// The newest ledger row id (0 for an empty ledger): where a process starts counting
+    /// its requests.
+    pub async fn last_call_id(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT coalesce(max(call_id), 0) FROM api_calls")
+            .fetch_one(&self.pool)
+            .await
+            .during("reading the newest ledger row")
     }
 }

@@ -21,6 +21,10 @@ pub enum AlertStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertEvent {
     pub status: AlertStatus,
+    /// The tenant the agent is stored under. Events queued before tenants existed carry
+    /// none: theirs is the tenant `default`.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
     pub agent_id: String,
     pub computer_dns_name: Option<String>,
     /// The agent's `lastSeen` when the notification was queued.
@@ -109,4 +113,8 @@ pub enum Notification {
     Agent(AlertEvent),
     /// A tenant's vanished fleet (`ScanAgentFleetVanished`).
     Fleet(FleetEvent),
+}
+
+fn default_tenant() -> String {
+    crate::tenant_name::DEFAULT_TENANT.to_owned()
 }
