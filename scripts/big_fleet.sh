@@ -25,8 +25,6 @@ agents=${AGENTS:-100000}
 cycles=${CYCLES:-4}
 admin_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
-allocator_env=${ALLOCATOR_ENV-$(sed -n 's/^Environment=\(MIMALLOC_.*\)/\1/p' "$repo/systemd/scan-agent-sync.service")}
-
 # shellcheck source=scripts/fixture.sh
 source "$repo/scripts/fixture.sh"
 build_binary

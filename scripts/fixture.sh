@@ -2,10 +2,16 @@
 # its own process and a fresh database: source it, then call the functions below. The EXIT
 # trap stops what they started and drops the database, however the script ends.
 #
-# Reads: repo, admin_url (a server where this user may CREATE DATABASE), CARGO_TARGET_DIR.
+# Reads: repo, admin_url (a server where this user may CREATE DATABASE), CARGO_TARGET_DIR,
+# ALLOCATOR_ENV.
 # Sets: work (a temporary directory, kept on failure), binary, sim (the simulator's URL),
-# sim_defender (its [defender] keys), sim_pid, database, database_url; daemon_pid is
-# stopped too when a script sets it.
+# sim_defender (its [defender] keys), sim_pid, database, database_url, allocator_env;
+# daemon_pid is stopped too when a script sets it.
+
+# The allocator settings the unit runs the service with (its `Environment=MIMALLOC_...`
+# line), for the processes whose memory a script measures; ALLOCATOR_ENV overrides them
+# ("" for none).
+allocator_env=${ALLOCATOR_ENV-$(sed -n 's/^Environment=\(MIMALLOC_.*\)/\1/p' "$repo/systemd/scan-agent-sync.service")}
 
 work=$(mktemp -d)
 database=""

@@ -8,6 +8,8 @@
 # daemon's resident memory (VmRSS) every second and its CPU time (utime + stime) over the
 # span. Everything it starts is stopped and dropped on exit, however it exits.
 #
+# The daemon runs with the unit's allocator settings (fixture.sh, allocator_env).
+#
 # Usage: scripts/idle_footprint.sh            (IDLE_SECONDS=60 by default, at least 60)
 # Needs: cargo, curl, python3, psql, and PostgreSQL at DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres) where this user may CREATE DATABASE.
@@ -83,7 +85,8 @@ listen = "127.0.0.1:$http_port"
 TOML
 
 SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET=sim-secret \
-    "$binary" run --config "$work/config.toml" >"$work/daemon.log" 2>&1 &
+    # shellcheck disable=SC2086 # one word per setting
+    env $allocator_env "$binary" run --config "$work/config.toml" >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
 
 # The first cycle is done when its run is recorded as finished.
@@ -156,4 +159,4 @@ print(f"| RSS final | {mib(rss_final):.1f} MiB | ≤ 25 MB | {within(rss_final)}
 print(f"| CPU (utime+stime / wall) | {cpu:.2f} s / {wall:.1f} s = {share:.3f}% of one core | < 0.5% | {'met' if share < 0.5 else 'MISSED'} |")
 PY
 echo
-echo "command: CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target} scripts/idle_footprint.sh (IDLE_SECONDS=$idle_seconds)"
+echo "command: CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target} scripts/idle_footprint.sh (IDLE_SECONDS=$idle_seconds; allocator: ${allocator_env:-defaults})"
