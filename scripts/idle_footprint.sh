@@ -84,9 +84,9 @@ url = "$database_url"
 listen = "127.0.0.1:$http_port"
 TOML
 
-SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET=sim-secret \
-    # shellcheck disable=SC2086 # one word per setting
-    env $allocator_env "$binary" run --config "$work/config.toml" >"$work/daemon.log" 2>&1 &
+# shellcheck disable=SC2086 # one word per setting
+env SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET=sim-secret $allocator_env \
+    "$binary" run --config "$work/config.toml" >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
 
 # The first cycle is done when its run is recorded as finished.
