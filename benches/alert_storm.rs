@@ -145,7 +145,7 @@ async fn vacuum(store: &Store) -> anyhow::Result<()> {
 
 async fn evaluate(store: &Store) -> anyhow::Result<(Duration, u64, u64)> {
     let started = Instant::now();
-    let evaluation = store.record_staleness(Utc::now(), STALE_AFTER, Duration::ZERO).await?;
+    let evaluation = store.record_staleness(Utc::now(), STALE_AFTER, Duration::ZERO, None).await?;
     Ok((started.elapsed(), evaluation.fired, evaluation.resolved))
 }
 

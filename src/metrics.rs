@@ -161,13 +161,13 @@ impl Metrics {
         let leader = Gauge::default();
         registry.register(
             "scan_agent_sync_leader",
-            "1 when this instance holds leadership and runs sync cycles, 0 on standby",
+            "1 when this instance holds at least one tenant and runs its sync cycles, 0 on standby",
             leader.clone(),
         );
         let tenants_held = Gauge::default();
         registry.register(
             "scan_agent_sync_tenants_held",
-            "Tenants this process syncs now (all of them while it leads, none on standby)",
+            "Tenants whose lease this process holds and syncs now",
             tenants_held.clone(),
         );
         let retention_deleted = Family::default();

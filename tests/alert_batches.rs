@@ -49,7 +49,7 @@ async fn agents(store: &Store, n: usize, last_seen_secs: i64) {
 async fn storm(n: usize) -> Store {
     let store = support::fresh_store().await;
     agents(&store, n, 0).await;
-    let fired = evaluate(&store, &STALE, &AlertSettings::default(), at(61)).await.unwrap().fired;
+    let fired = evaluate(&store, None, &STALE, &AlertSettings::default(), at(61)).await.unwrap().fired;
     assert_eq!(fired, n as u64);
     store
 }
@@ -207,7 +207,7 @@ async fn json_bodies_are_single_objects_with_max_batch_1_and_arrays_above() {
 async fn a_resolve_waits_for_its_firing_even_when_both_are_due_in_one_pass() {
     let store = storm(3).await;
     agents(&store, 3, 100).await;
-    assert_eq!(evaluate(&store, &STALE, &AlertSettings::default(), at(110)).await.unwrap().resolved, 3);
+    assert_eq!(evaluate(&store, None, &STALE, &AlertSettings::default(), at(110)).await.unwrap().resolved, 3);
     let server = MockServer::start().await;
     Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
 
@@ -243,10 +243,10 @@ async fn a_big_batch_is_logged_as_one_summary_line() {
 async fn a_storm_of_more_agents_than_a_chunk_fires_and_resolves_each_once() {
     const AGENTS: usize = 25_000;
     let store = storm(AGENTS).await;
-    let again = evaluate(&store, &STALE, &AlertSettings::default(), at(62)).await.unwrap();
+    let again = evaluate(&store, None, &STALE, &AlertSettings::default(), at(62)).await.unwrap();
     assert_eq!((again.fired, again.stale_now, again.tracked), (0, AGENTS as u64, AGENTS as u64));
     agents(&store, AGENTS, 100).await;
-    let back = evaluate(&store, &STALE, &AlertSettings::default(), at(110)).await.unwrap();
+    let back = evaluate(&store, None, &STALE, &AlertSettings::default(), at(110)).await.unwrap();
     assert_eq!((back.resolved, back.fired, back.stale_now), (AGENTS as u64, 0, 0));
     let (episodes, events): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(DISTINCT agent_id) FROM stale_episodes WHERE resolved_at IS NOT NULL),

@@ -116,7 +116,7 @@ async fn alertmanager_lists_the_firing_alert_then_takes_the_resolve() {
     };
 
     store.apply(vec![seen(Utc::now() - TimeDelta::hours(2))], &[]).await.unwrap();
-    assert_eq!(evaluate(&store, &stale, &alerts, Utc::now()).await.unwrap().fired, 1);
+    assert_eq!(evaluate(&store, None, &stale, &alerts, Utc::now()).await.unwrap().fired, 1);
     let report = deliver(&store, &client, &alerts).await;
     assert_eq!(report.delivered, 1, "Alertmanager refused the firing alert: {report:?}");
 
@@ -129,7 +129,7 @@ async fn alertmanager_lists_the_firing_alert_then_takes_the_resolve() {
     assert_eq!(ours[0]["status"]["state"], "active", "{:?}", ours[0]);
 
     store.apply(vec![seen(Utc::now())], &[]).await.unwrap();
-    assert_eq!(evaluate(&store, &stale, &alerts, Utc::now()).await.unwrap().resolved, 1);
+    assert_eq!(evaluate(&store, None, &stale, &alerts, Utc::now()).await.unwrap().resolved, 1);
     let report = deliver(&store, &client, &alerts).await;
     assert_eq!(report.delivered, 1, "Alertmanager refused the resolve: {report:?}");
 
@@ -154,7 +154,7 @@ async fn alertmanager_takes_a_batch_with_a_fleet_alert() {
         .map(|i| AgentRecord::from_json(json!({"id": format!("agent-batch-{i}"), "lastSeen": old})).unwrap())
         .collect();
     store.apply(records, &[]).await.unwrap();
-    assert_eq!(evaluate(&store, &stale, &alerts, Utc::now()).await.unwrap().fired, 30);
+    assert_eq!(evaluate(&store, None, &stale, &alerts, Utc::now()).await.unwrap().fired, 30);
     store
         .fleet_vanished("default", 950, 1000, "950 of 1000 agents absent from the list", Utc::now())
         .await

@@ -94,16 +94,16 @@ async fn an_episode_fires_once_and_resolves_once() {
     let alerts = settings(Some(url), AlertFormat::Json, 0);
     seen(&store, "a1", 0).await;
 
-    let fresh = evaluate(&store, &stale(), &alerts, at(30)).await.unwrap();
+    let fresh = evaluate(&store, None, &stale(), &alerts, at(30)).await.unwrap();
     assert_eq!((fresh.fired, fresh.stale_now, fresh.tracked), (0, 0, 1));
     assert_eq!(deliver(&store, &alerts, 30).await.delivered, 0);
 
-    let went_stale = evaluate(&store, &stale(), &alerts, at(61)).await.unwrap();
+    let went_stale = evaluate(&store, None, &stale(), &alerts, at(61)).await.unwrap();
     assert_eq!((went_stale.fired, went_stale.stale_now), (1, 1));
     assert_eq!(deliver(&store, &alerts, 61).await.delivered, 1);
 
     for later in [90, 600, 3600] {
-        let still = evaluate(&store, &stale(), &alerts, at(later)).await.unwrap();
+        let still = evaluate(&store, None, &stale(), &alerts, at(later)).await.unwrap();
         assert_eq!(
             (still.fired, still.repeated, still.resolved, still.stale_now),
             (0, 0, 0, 1),
@@ -113,10 +113,10 @@ async fn an_episode_fires_once_and_resolves_once() {
     }
 
     seen(&store, "a1", 3650).await;
-    let back = evaluate(&store, &stale(), &alerts, at(3660)).await.unwrap();
+    let back = evaluate(&store, None, &stale(), &alerts, at(3660)).await.unwrap();
     assert_eq!((back.resolved, back.stale_now), (1, 0));
     assert_eq!(deliver(&store, &alerts, 3660).await.delivered, 1);
-    let again = evaluate(&store, &stale(), &alerts, at(3670)).await.unwrap();
+    let again = evaluate(&store, None, &stale(), &alerts, at(3670)).await.unwrap();
     assert_eq!((again.fired, again.resolved), (0, 0));
 
     let statuses: Vec<Value> = bodies(&server).await.iter().map(|b| b["status"].clone()).collect();
@@ -146,7 +146,7 @@ async fn repeats_follow_the_repeat_interval_until_resolved() {
             seen(&store, "a1", 390).await;
             fresh_again = true;
         }
-        let e = evaluate(&store, &stale(), &alerts, at(now)).await.unwrap();
+        let e = evaluate(&store, None, &stale(), &alerts, at(now)).await.unwrap();
         assert_eq!((e.fired, e.repeated, e.resolved), (fired, repeated, resolved), "at +{now}s");
         deliver(&store, &alerts, now).await;
     }
@@ -172,7 +172,7 @@ async fn repeats_do_not_pile_up_while_the_webhook_is_down() {
     let alerts = settings(Some(url), AlertFormat::Json, 10);
     seen(&store, "a1", 0).await;
     for now in (61..600).step_by(10) {
-        evaluate(&store, &stale(), &alerts, at(now)).await.unwrap();
+        evaluate(&store, None, &stale(), &alerts, at(now)).await.unwrap();
     }
     assert_eq!(undelivered(&store).await, 1);
 }
@@ -187,7 +187,7 @@ async fn missing_agents_alert_and_resolve_when_back() {
     store.apply(vec![], &[AgentId::parse("gone").unwrap()]).await.unwrap();
 
     // Seen a second ago, so only being missing makes it stale.
-    let e = evaluate(&store, &stale(), &alerts, at(1)).await.unwrap();
+    let e = evaluate(&store, None, &stale(), &alerts, at(1)).await.unwrap();
     assert_eq!((e.fired, e.stale_now, e.missing_now), (1, 1, 1));
     deliver(&store, &alerts, 1).await;
     let firing = &bodies(&server).await[0];
@@ -195,7 +195,7 @@ async fn missing_agents_alert_and_resolve_when_back() {
     assert!(firing["missing_since"].is_string(), "{firing}");
 
     seen(&store, "gone", 5).await;
-    let e = evaluate(&store, &stale(), &alerts, at(6)).await.unwrap();
+    let e = evaluate(&store, None, &stale(), &alerts, at(6)).await.unwrap();
     assert_eq!((e.resolved, e.missing_now), (1, 0));
 }
 
@@ -214,7 +214,7 @@ async fn an_outage_then_recovery_delivers_each_event_exactly_once() {
     for id in ["a1", "a2", "a3"] {
         seen(&store, id, 0).await;
     }
-    assert_eq!(evaluate(&store, &stale(), &alerts, at(61)).await.unwrap().fired, 3);
+    assert_eq!(evaluate(&store, None, &stale(), &alerts, at(61)).await.unwrap().fired, 3);
 
     let first = deliver(&store, &alerts, 61).await;
     assert_eq!((first.delivered, first.retrying), (0, 1), "a failure ends the pass");
@@ -242,7 +242,7 @@ async fn a_crash_before_delivery_loses_nothing() {
     let store = Store::from_pool(pool);
     let alerts = settings(None, AlertFormat::Json, 0);
     seen(&store, "a1", 0).await;
-    evaluate(&store, &stale(), &alerts, at(61)).await.unwrap();
+    evaluate(&store, None, &stale(), &alerts, at(61)).await.unwrap();
     // A sender that took the event and died mid-request: its transaction rolls back.
     let claimed = store.claim_alerts(at(61), 1).await.unwrap().expect("an event is due");
     drop(claimed);
@@ -254,7 +254,7 @@ async fn a_crash_before_delivery_loses_nothing() {
     let restarted = Store::from_pool(PgPoolOptions::new().connect_with(options).await.unwrap());
     let alerts = settings(Some(url), AlertFormat::Json, 0);
     assert_eq!(
-        evaluate(&restarted, &stale(), &alerts, at(62)).await.unwrap().fired,
+        evaluate(&restarted, None, &stale(), &alerts, at(62)).await.unwrap().fired,
         0,
         "no re-fire after restart"
     );
@@ -270,10 +270,10 @@ async fn fired_then_resolved(format: AlertFormat) -> Vec<Value> {
     accept_all(&server).await;
     let alerts = settings(Some(url), format, 0);
     seen(&store, "a1", 0).await;
-    evaluate(&store, &stale(), &alerts, at(61)).await.unwrap();
+    evaluate(&store, None, &stale(), &alerts, at(61)).await.unwrap();
     deliver(&store, &alerts, 70).await;
     seen(&store, "a1", 100).await;
-    evaluate(&store, &stale(), &alerts, at(120)).await.unwrap();
+    evaluate(&store, None, &stale(), &alerts, at(120)).await.unwrap();
     deliver(&store, &alerts, 125).await;
     bodies(&server).await
 }
@@ -314,7 +314,7 @@ async fn alertmanager_end_time_covers_two_repeats() {
     accept_all(&server).await;
     let alerts = settings(Some(url), AlertFormat::Alertmanager, 2 * 3600);
     seen(&store, "a1", 0).await;
-    evaluate(&store, &stale(), &alerts, at(61)).await.unwrap();
+    evaluate(&store, None, &stale(), &alerts, at(61)).await.unwrap();
     deliver(&store, &alerts, 61).await;
     assert_eq!(bodies(&server).await[0][0]["endsAt"], "2026-01-01T04:01:01Z");
 }
@@ -368,7 +368,7 @@ async fn a_4xx_is_logged_as_a_configuration_problem_and_kept() {
     let url = format!("http://alerts:hunter2@{address}/hook");
     let alerts = settings(Some(url), AlertFormat::Alertmanager, 0);
     seen(&store, "a1", 0).await;
-    evaluate(&store, &stale(), &alerts, at(61)).await.unwrap();
+    evaluate(&store, None, &stale(), &alerts, at(61)).await.unwrap();
 
     let report = deliver(&store, &alerts, 61).await;
     assert_eq!(report, DeliveryReport { delivered: 0, retrying: 0, rejected: 1 });
@@ -394,10 +394,10 @@ async fn without_a_webhook_alerts_are_logged_firing_warn_resolved_info() {
     let store = support::fresh_store().await;
     let alerts = settings(None, AlertFormat::Alertmanager, 0);
     seen(&store, "a1", 0).await;
-    evaluate(&store, &stale(), &alerts, at(61)).await.unwrap();
+    evaluate(&store, None, &stale(), &alerts, at(61)).await.unwrap();
     assert_eq!(deliver(&store, &alerts, 61).await.delivered, 1);
     seen(&store, "a1", 100).await;
-    evaluate(&store, &stale(), &alerts, at(101)).await.unwrap();
+    evaluate(&store, None, &stale(), &alerts, at(101)).await.unwrap();
     assert_eq!(deliver(&store, &alerts, 101).await.delivered, 1);
 
     let text = logs.text();
@@ -421,7 +421,7 @@ async fn concurrent_evaluations_do_not_double_fire() {
 
     let runs = (0..4).map(|_| {
         let (store, alerts) = (store.clone(), alerts.clone());
-        tokio::spawn(async move { evaluate(&store, &stale(), &alerts, at(61)).await.unwrap() })
+        tokio::spawn(async move { evaluate(&store, None, &stale(), &alerts, at(61)).await.unwrap() })
     });
     let mut fired = 0;
     for run in runs {

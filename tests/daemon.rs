@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Timelike, Utc};
 use scan_agent_sync::daemon::SHUTDOWN_GRACE;
-use support::daemon::{DaemonConfig, Fixture, Run, STARTUP, eventually};
+use scan_agent_sync::simulator::SimulatorOptions;
+use support::daemon::{Daemon, DaemonConfig, Fixture, Run, STARTUP, eventually};
 use support::exposition::find;
 
 /// Runs on a cron that fires every second or two finish within this, with slack for a
@@ -104,12 +105,17 @@ async fn ticks_during_a_long_cycle_are_skipped_not_overlapped() {
     println!("{} runs, {skipped} ticks skipped", runs.len());
 }
 
-/// Each run finished before the next one started (only the newest may still run).
+/// Each tenant's run finished before its next one started (only the newest may still run):
+/// no two processes ever synced one tenant at once.
 #[track_caller]
 fn assert_no_overlap(runs: &[Run]) {
-    for pair in runs.windows(2) {
-        let finished = pair[0].finished_at.unwrap_or_else(|| panic!("run left open: {:#?}", pair[0]));
-        assert!(finished <= pair[1].started_at, "overlapping runs: {pair:#?}");
+    let tenants: std::collections::BTreeSet<&str> = runs.iter().map(|run| run.tenant.as_str()).collect();
+    for tenant in tenants {
+        let of_tenant: Vec<&Run> = runs.iter().filter(|run| run.tenant == tenant).collect();
+        for pair in of_tenant.windows(2) {
+            let finished = pair[0].finished_at.unwrap_or_else(|| panic!("run left open: {:#?}", pair[0]));
+            assert!(finished <= pair[1].started_at, "overlapping runs: {pair:#?}");
+        }
     }
 }
 
@@ -158,6 +164,59 @@ async fn of_two_instances_one_syncs_and_the_other_takes_over_after_a_sigkill() {
         })
         .await;
     assert_no_overlap(&fixture.runs().await);
+    fixture.assert_budget_respected();
+    fixture.assert_history_consistent().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_six_tenants_and_take_over_a_killed_ones_within_10_s() {
+    // Slow answers, one at a time: most of the time some tenant's cycle is running.
+    let options =
+        SimulatorOptions { tenants: 6, latency: Duration::from_millis(400), ..SimulatorOptions::frozen(4) };
+    let fixture = Fixture::with_simulator(options, 0).await;
+    let config = DaemonConfig {
+        tenants: 6,
+        max_in_flight: 1,
+        cron: "*/5 * * * * *".to_owned(),
+        ..DaemonConfig::default()
+    };
+    let mut daemons = Vec::new();
+    for _ in 0..3 {
+        daemons.push(fixture.spawn(&config).await);
+    }
+    let held = async |daemons: &[Daemon]| {
+        let mut held = Vec::new();
+        for daemon in daemons {
+            held.push(daemon.metric("scan_agent_sync_tenants_held").await? as usize);
+        }
+        Some(held)
+    };
+    eventually("two tenants each", STARTUP_ROLES, async || {
+        held(&daemons).await.filter(|held| held == &[2, 2, 2])
+    })
+    .await;
+    fixture.wait_for_run("a run of every tenant", CYCLES, |_| true).await;
+
+    let mut killed = daemons.pop().unwrap();
+    let killed_at = std::time::Instant::now();
+    killed.kill();
+    eventually("three tenants each on the other two", Duration::from_secs(10), async || {
+        held(&daemons).await.filter(|held| held == &[3, 3])
+    })
+    .await;
+    println!("failover: the other two held three tenants each {:?} after the kill", killed_at.elapsed());
+    let after_kill = chrono::Utc::now();
+    for tenant in 1..=6 {
+        let name = format!("t{tenant}");
+        fixture
+            .wait_for_run(&format!("an ok run of {name} after the kill"), CYCLES, |run| {
+                run.tenant == name && run.status == "ok" && run.started_at > after_kill
+            })
+            .await;
+    }
+    let runs = fixture.runs().await;
+    assert_no_overlap(&runs);
+    assert!(!runs.iter().any(|run| run.status == "running" && run.started_at < after_kill), "{runs:#?}");
     fixture.assert_budget_respected();
     fixture.assert_history_consistent().await;
 }
@@ -243,6 +302,39 @@ async fn sighup_reloads_a_good_agent_list_and_rejects_a_broken_one() {
     assert_eq!((next.status.as_str(), next.agents_requested), ("ok", 5), "{next:#?}");
     assert_eq!(daemon.get("/healthz").await.map(|r| r.0), Some(200), "still running");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_refuses_an_agent_id_listed_for_two_tenants_and_keeps_every_list() {
+    let fixture =
+        Fixture::with_simulator(SimulatorOptions { tenants: 2, ..SimulatorOptions::frozen(3) }, 0).await;
+    let daemon = fixture.spawn(&DaemonConfig { tenants: 2, ..DaemonConfig::default() }).await;
+    fixture.wait_for_run("an ok run of t2", CYCLES, |run| run.tenant == "t2" && run.status == "ok").await;
+    let hosted = fixture.sim.tenants();
+    let (first, second) = (hosted[0].agent_ids(), hosted[1].agent_ids());
+
+    // t2's list takes one of t1's agents: refused as at start, naming both tenants.
+    fixture.write_tenant_ids(2, &[second.clone(), vec![first[0].clone()]].concat());
+    daemon.signal("HUP");
+    let rejected = daemon.wait_for_event_with(TWO_TENANTS, &first[0], SIGNAL_HANDLED).await;
+    let tenants = rejected["tenants"].to_string();
+    assert!(tenants.contains("t1") && tenants.contains("t2"), "{rejected}");
+    let rejected_at = latest_run_id(&fixture).await;
+    let next = fixture
+        .wait_for_run("a finished run of t2 after the rejection", CYCLES, |run| {
+            run.tenant == "t2" && run.run_id > rejected_at && run.finished_at.is_some()
+        })
+        .await;
+    assert_eq!((next.status.as_str(), next.agents_requested), ("ok", 3), "the old list is kept: {next:#?}");
+
+    // Fixed: t2 keeps two of its own agents.
+    fixture.write_tenant_ids(2, &second[..2]);
+    daemon.signal("HUP");
+    let reloaded = daemon.wait_for_event_with("agent list reloaded", "t2", SIGNAL_HANDLED).await;
+    assert_eq!(reloaded["total"], 2, "{reloaded}");
+}
+
+const TWO_TENANTS: &str = "agent list reload rejected: an agent ID is listed for two tenants; keeping every old list \
+                           (configure every agent ID for one tenant only)";
 
 const REJECTED: &str = "agent list reload rejected; keeping the old list";
 

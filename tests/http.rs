@@ -12,6 +12,7 @@ use scan_agent_sync::http::{HttpState, serve};
 use scan_agent_sync::leader::LeaderState;
 use scan_agent_sync::metrics::{Metrics, refresh_agent_series};
 use scan_agent_sync::store::Store;
+use scan_agent_sync::tenant_name::TenantName;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use support::exposition::{Labels, find, parse_exposition};
 use tokio::net::TcpListener;
@@ -178,7 +179,7 @@ async fn agent_series_selects_the_per_agent_series_on_metrics() {
         (AgentSeries::Stale, vec!["gone", "old"]),
         (AgentSeries::None, vec![]),
     ] {
-        refresh_agent_series(&store, &metrics, mode).await.unwrap();
+        refresh_agent_series(&store, &metrics, mode, &[TenantName::default()]).await.unwrap();
         let (status, _, body) = get(&server, "/metrics").await;
         assert_eq!(status, 200);
         let samples = parse_exposition(&body);
@@ -195,5 +196,10 @@ async fn agent_series_selects_the_per_agent_series_on_metrics() {
             assert_eq!(gauge.map(|s| s.value), Some(count), "{mode:?}: agents{{state={state}}}");
         }
     }
+    // Only the tenants this process holds: another process exports the rest.
+    let elsewhere = [TenantName::parse("elsewhere").unwrap()];
+    refresh_agent_series(&store, &metrics, AgentSeries::All, &elsewhere).await.unwrap();
+    let body = get(&server, "/metrics").await.2;
+    assert!(!parse_exposition(&body).iter().any(|s| s.name == name), "no series of tenants held elsewhere");
     server.stop.cancel();
 }

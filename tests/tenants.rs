@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use scan_agent_sync::agent::AgentRecord;
 use scan_agent_sync::agent_id::AgentId;
+use scan_agent_sync::alerts::evaluate;
+use scan_agent_sync::config::{AlertSettings, StaleSettings};
 use scan_agent_sync::rate_window::RateWindow;
 use scan_agent_sync::store::ledger::Slot;
 use scan_agent_sync::store::missing::{Absence, Tracked};
@@ -375,4 +377,26 @@ async fn one_tenants_calls_do_not_use_another_tenants_window() {
         Slot::Wait(wait) => assert!(wait > Duration::from_secs(500), "{wait:?}"),
         granted => panic!("fabrikam is paused: {granted:?}"),
     }
+}
+
+#[tokio::test]
+async fn staleness_is_evaluated_for_the_tenants_named_only() {
+    let (pool, contoso, fabrikam) = two_stocked_tenants().await;
+    let store = Store::from_pool(pool.clone());
+    let (stale, alerts) = (StaleSettings::default(), AlertSettings::default());
+    // Every agent was last seen in January: stale by any setting.
+    let now = chrono::Utc::now();
+    let held = [contoso.tenant().clone()];
+    let evaluated = evaluate(&store, Some(&held), &stale, &alerts, now).await.unwrap();
+    assert_eq!((evaluated.fired, evaluated.tracked, evaluated.stale_now), (2, 2, 2), "contoso's agents only");
+    let episodes: Vec<String> =
+        sqlx::query_scalar("SELECT agent_id FROM stale_episodes ORDER BY 1").fetch_all(&pool).await.unwrap();
+    assert_eq!(episodes, ["c1", "c2"], "nothing of fabrikam, which another process may hold");
+
+    // The process holding fabrikam evaluates it; contoso's episodes stay as they are.
+    let held = [fabrikam.tenant().clone()];
+    let evaluated = evaluate(&store, Some(&held), &stale, &alerts, now).await.unwrap();
+    assert_eq!((evaluated.fired, evaluated.resolved, evaluated.tracked), (1, 0, 1));
+    let everyone = evaluate(&store, None, &stale, &alerts, now).await.unwrap();
+    assert_eq!((everyone.fired, everyone.resolved, everyone.tracked), (0, 0, 3), "each fired once");
 }

@@ -12,6 +12,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::notification::Notification;
 use super::{QueryContext, Store, StoreError};
+use crate::tenant_name::TenantName;
 
 /// Advisory lock key that serializes [`Store::record_staleness`] and the fleet episodes: two
 /// instances (or a timer tick racing a post-cycle call) evaluate one after the other, so the
@@ -31,7 +32,7 @@ pub struct Evaluation {
     pub stale_now: u64,
     /// Agents marked missing now.
     pub missing_now: u64,
-    /// Agents in `scan_agents`.
+    /// Agents in `scan_agents` (of the tenants evaluated).
     pub tracked: u64,
 }
 
@@ -140,7 +141,9 @@ impl Store {
         now: DateTime<Utc>,
         stale_after: Duration,
         repeat_interval: Duration,
+        tenants: Option<&[TenantName]>,
     ) -> Result<Evaluation, StoreError> {
+        let tenants: Option<Vec<&str>> = tenants.map(|names| names.iter().map(|name| &**name).collect());
         let mut tx = lock_alerts(self).await?;
         // Every statement selects its rows by primary-key or open-episode index lookups of a
         // chunk of agent IDs, never by a join the planner must estimate: right after a storm
@@ -153,18 +156,23 @@ impl Store {
         // episode per agent.
         let stale: Vec<String> = sqlx::query_scalar(
             "SELECT agent_id FROM scan_agent_state
-             WHERE missing_since IS NOT NULL OR last_seen < $1 - $2::interval",
+             WHERE (missing_since IS NOT NULL OR last_seen < $1 - $2::interval)
+               AND ($3::text[] IS NULL OR tenant = ANY($3))",
         )
         .bind(now)
         .bind(stale_after)
+        .bind(&tenants)
         .fetch_all(&mut *tx)
         .await
         .during("finding stale agents")?;
-        let open: Vec<String> =
-            sqlx::query_scalar("SELECT agent_id FROM stale_episodes WHERE resolved_at IS NULL")
-                .fetch_all(&mut *tx)
-                .await
-                .during("finding open stale episodes")?;
+        let open: Vec<String> = sqlx::query_scalar(
+            "SELECT e.agent_id FROM stale_episodes e JOIN scan_agent_state s USING (agent_id)
+             WHERE e.resolved_at IS NULL AND ($1::text[] IS NULL OR s.tenant = ANY($1))",
+        )
+        .bind(&tenants)
+        .fetch_all(&mut *tx)
+        .await
+        .during("finding open stale episodes")?;
         let stale_set: HashSet<&str> = stale.iter().map(String::as_str).collect();
         let fresh_again: Vec<&str> =
             open.iter().map(String::as_str).filter(|id| !stale_set.contains(id)).collect();
@@ -243,10 +251,12 @@ impl Store {
                     count(*) FILTER (WHERE missing_since IS NOT NULL OR last_seen < $1 - $2::interval)
                         AS stale_now,
                     count(*) FILTER (WHERE missing_since IS NOT NULL) AS missing_now
-             FROM scan_agent_state",
+             FROM scan_agent_state
+             WHERE $3::text[] IS NULL OR tenant = ANY($3)",
         )
         .bind(now)
         .bind(stale_after)
+        .bind(&tenants)
         .fetch_one(&mut *tx)
         .await
         .during("counting stale agents")?;

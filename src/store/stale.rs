@@ -34,21 +34,31 @@ impl Store {
         Ok(())
     }
 
-    /// Every tracked agent's `last_seen`, for the per-agent metric.
-    pub async fn all_last_seen(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
-        sqlx::query_as("SELECT agent_id, last_seen FROM scan_agents ORDER BY agent_id")
+    /// The `last_seen` of every agent of `tenants`, for the per-agent metric.
+    pub async fn all_last_seen(
+        &self,
+        tenants: &[TenantName],
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        sqlx::query_as("SELECT agent_id, last_seen FROM scan_agents WHERE tenant = ANY($1) ORDER BY agent_id")
+            .bind(tenants.iter().map(|name| &**name).collect::<Vec<&str>>())
             .fetch_all(&self.pool)
             .await
             .during("reading every agent's lastSeen")
     }
 
-    /// The `last_seen` of every agent stale now, by `stale_scan_agents`, for the per-agent
-    /// metric when `http.agent_series = "stale"`.
-    pub async fn stale_last_seen(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
-        sqlx::query_as("SELECT agent_id, last_seen FROM stale_scan_agents ORDER BY agent_id")
-            .fetch_all(&self.pool)
-            .await
-            .during("reading stale agents' lastSeen")
+    /// The `last_seen` of every agent of `tenants` stale now, by `stale_scan_agents`, for the
+    /// per-agent metric when `http.agent_series = "stale"`.
+    pub async fn stale_last_seen(
+        &self,
+        tenants: &[TenantName],
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        sqlx::query_as(
+            "SELECT agent_id, last_seen FROM stale_scan_agents WHERE tenant = ANY($1) ORDER BY agent_id",
+        )
+        .bind(tenants.iter().map(|name| &**name).collect::<Vec<&str>>())
+        .fetch_all(&self.pool)
+        .await
+        .during("reading stale agents' lastSeen")
     }
 
     /// The agents stale now, longest stale first: of the tenants named, or of every tenant

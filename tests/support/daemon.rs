@@ -49,6 +49,10 @@ pub struct DaemonConfig {
     pub fetch_mode: &'static str,
     /// `alerts.webhook_url`; None leaves alerts in the log.
     pub webhook_url: Option<String>,
+    /// How many of the simulator's tenants (`SimulatorOptions::tenants`) to sync, as
+    /// `[[tenants]]` named t1, t2..., each tracking its whole fleet by ID; 0 keeps the
+    /// single-tenant form with `ids_file`.
+    pub tenants: usize,
 }
 
 impl Default for DaemonConfig {
@@ -59,6 +63,7 @@ impl Default for DaemonConfig {
             windows: Vec::new(),
             fetch_mode: "by-id",
             webhook_url: None,
+            tenants: 0,
         }
     }
 }
@@ -93,8 +98,16 @@ impl Fixture {
 
     /// Replaces `agents.ids_file` with `text` as written.
     pub fn write_ids_file(&self, text: &str) {
-        std::fs::write(&self.ids_file, format!("# agents the daemon tests track\n{text}\n"))
-            .expect("writing the ID file");
+        write_list(&self.ids_file, text);
+    }
+
+    /// Replaces the `ids_file` of tenant t`n` (see [`DaemonConfig::tenants`]) with these IDs.
+    pub fn write_tenant_ids(&self, n: usize, ids: &[String]) {
+        write_list(&self.tenant_ids_file(n), &ids.join("\n"));
+    }
+
+    fn tenant_ids_file(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("t{n}.txt"))
     }
 
     /// Starts `scan-agent-sync run` on this fixture with its own HTTP port, configuration file
@@ -138,29 +151,57 @@ impl Fixture {
             true => String::new(),
             false => format!("windows = [{}]\n", windows.join(", ")),
         };
+        let (defender, agents) = match config.tenants {
+            0 => (
+                self.sim.defender_config(),
+                format!(
+                    "[agents]\nids_file = {:?}\n",
+                    self.ids_file.to_str().expect("a UTF-8 temporary path")
+                ),
+            ),
+            n => (self.sim.partner_defender_config(), self.tenants_toml(n)),
+        };
         format!(
             "{defender}fetch_mode = \"{mode}\"\n\n\
              [rate_limit]\nmax_in_flight = {in_flight}\n{windows}\n\
-             [agents]\nids_file = {ids:?}\n\n\
+             {agents}\n\
              [schedule]\ncron = \"{cron}\"\n\n\
              [database]\nurl = \"{url}\"\n\n\
              [http]\nlisten = \"127.0.0.1:{port}\"\n\n\
              [alerts]\nwebhook_url = \"{webhook}\"\n\n\
              [log]\nformat = \"json\"\n",
-            defender = self.sim.defender_config(),
             mode = config.fetch_mode,
             in_flight = config.max_in_flight,
-            ids = self.ids_file.to_str().expect("a UTF-8 temporary path"),
             cron = config.cron,
             url = self.database_url,
             webhook = config.webhook_url.as_deref().unwrap_or_default(),
         )
     }
 
+    /// The first `n` simulated tenants as `[[tenants]]` t1..tn, each tracking its fleet by ID
+    /// in its own `ids_file` (written here unless a test wrote it already).
+    fn tenants_toml(&self, n: usize) -> String {
+        let hosted = self.sim.tenants();
+        assert!(hosted.len() >= n, "the simulator serves {} tenants, not {n}", hosted.len());
+        (1..=n)
+            .zip(&hosted)
+            .map(|(i, tenant)| {
+                let file = self.tenant_ids_file(i);
+                if !file.exists() {
+                    self.write_tenant_ids(i, &tenant.agent_ids());
+                }
+                format!(
+                    "[[tenants]]\nname = \"t{i}\"\ntenant_id = \"{}\"\nids_file = {file:?}\n\n",
+                    tenant.tenant_id()
+                )
+            })
+            .collect()
+    }
+
     /// Every run so far, oldest first; empty while the database does not answer.
     pub async fn runs(&self) -> Vec<Run> {
         sqlx::query_as(
-            "SELECT run_id, started_at, finished_at, status, agents_requested, agents_fetched, error
+            "SELECT run_id, tenant, started_at, finished_at, status, agents_requested, agents_fetched, error
              FROM sync_runs ORDER BY run_id",
         )
         .fetch_all(&self.pool)
@@ -203,20 +244,28 @@ impl Fixture {
     }
 
     /// Asserts that the simulator never answered 429 and no window ever held more accepted
-    /// requests than it allows: the budget held across every process of the test.
+    /// requests than it allows, in any tenant: the budget held across every process of the test.
     pub fn assert_budget_respected(&self) {
-        let stats = self.sim.stats();
-        assert_eq!(stats.throttled, 0, "the simulator throttled requests: {stats:?}");
-        for peak in &stats.window_peaks {
-            assert!(peak.max_accepted <= peak.window.calls, "window exceeded: {peak:?}");
+        for tenant in self.sim.tenants() {
+            let stats = tenant.stats();
+            assert_eq!(stats.throttled, 0, "the simulator throttled requests: {stats:?}");
+            for peak in &stats.window_peaks {
+                assert!(peak.max_accepted <= peak.window.calls, "window exceeded: {peak:?}");
+            }
         }
     }
+}
+
+/// Writes an ID list file as operators do, with a comment line first.
+fn write_list(path: &std::path::Path, text: &str) {
+    std::fs::write(path, format!("# agents the daemon tests track\n{text}\n")).expect("writing the ID file");
 }
 
 /// One row of `sync_runs`.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Run {
     pub run_id: i64,
+    pub tenant: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub status: String,

@@ -1,11 +1,15 @@
 //! `scan-agent-sync run`: the long-running service.
 //!
-//! Wiring only: the store (migrated at start), leadership (one active instance per
-//! database), the HTTP endpoints, the alert sender, the retention job, the cron schedule,
-//! and a loop that runs one sync cycle at a time per tenant while this instance leads,
-//! reloads the agent lists on SIGHUP, pings the systemd watchdog, and on SIGTERM/SIGINT
-//! lets the running cycles apply what they fetched and record themselves `interrupted`.
+//! Wiring only: the store (migrated at start), leadership (each tenant synced by one of the
+//! instances sharing the database), the HTTP endpoints, the alert sender, the retention job,
+//! the cron schedule, and a loop that runs one sync cycle at a time per tenant this instance
+//! holds, reloads the agent lists on SIGHUP, pings the systemd watchdog, and on
+//! SIGTERM/SIGINT lets the running cycles apply what they fetched and record themselves
+//! `interrupted`.
 
+mod tenant;
+
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -15,21 +19,23 @@ use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent_id::AgentId;
 use crate::alerts;
-use crate::config::{Settings, TenantSettings};
+use crate::config::Settings;
 use crate::http::{self, HttpState};
-use crate::leader::{LeaderState, Leadership, LeadershipSettings};
+use crate::leader::{Leadership, LeadershipSettings, Leases};
 use crate::metrics::{Metrics, refresh_agent_series};
 use crate::notify;
 use crate::retention::{self, Retention};
 use crate::scheduler::{Busy, Schedule};
 use crate::store::{Store, StoreError};
-use crate::sync::{CycleOptions, CycleReport, SyncError, Syncer, Targets};
+use crate::sync::{CycleOptions, CycleReport, SyncError};
+use crate::tenant_name::TenantName;
+
+use self::tenant::TenantCycle;
 
 /// The longest a stop takes, from SIGTERM to exit, whatever runs: a cycle, a staleness
 /// evaluation, an alert drain, a slow PostgreSQL; well within the unit's `TimeoutStopSec`.
@@ -61,6 +67,7 @@ pub async fn run(
     let metrics = Metrics::new();
     let leadership = Leadership::spawn(
         store.pool().connect_options().as_ref().clone(),
+        settings.tenants().iter().map(|tenant| tenant.name.clone()).collect(),
         LeadershipSettings::default(),
         &cancel,
     );
@@ -115,7 +122,7 @@ pub async fn run(
         tenants,
         metrics,
         busy,
-        leader: leadership.subscribe(),
+        leases: leadership.leases(),
         cancel: cancel.clone(),
     };
     daemon.run_loop(ticks).await?;
@@ -184,74 +191,9 @@ struct Daemon {
     tenants: Vec<TenantCycle>,
     metrics: Metrics,
     busy: Busy,
-    leader: watch::Receiver<LeaderState>,
+    /// The tenants this instance holds, and the permits their cycles run under.
+    leases: Leases,
     cancel: CancellationToken,
-}
-
-/// One tenant's share of the loop: its syncer, its agents and its running cycle.
-struct TenantCycle {
-    settings: TenantSettings,
-    syncer: Syncer,
-    targets: Targets,
-    cycle: Option<JoinHandle<Result<CycleReport, SyncError>>>,
-    /// Set at start and whenever leadership is lost: the next time this instance leads, a
-    /// cycle starts at once (not at the next tick) and first closes runs that a previous
-    /// leader left `running`.
-    newly_leading: bool,
-    /// Cancels the running cycle alone, when leadership is lost mid-cycle.
-    cycle_cancel: Option<CancellationToken>,
-    /// A tick came while the running cycle, past its deadline, only applied what it fetched:
-    /// the next cycle starts as soon as it ends.
-    tick_waiting: bool,
-    /// The newest of the tenant's ledger rows already counted in the request metrics.
-    call_watermark: i64,
-}
-
-impl TenantCycle {
-    fn new(tenant: &TenantSettings, settings: &Settings, store: Store) -> anyhow::Result<TenantCycle> {
-        Ok(TenantCycle {
-            settings: tenant.clone(),
-            syncer: Syncer::for_tenant(tenant, &settings.stale, store)?,
-            targets: Targets { ids: tenant.agents.ids.clone(), track_all: tenant.agents.track_all },
-            cycle: None,
-            newly_leading: true,
-            cycle_cancel: None,
-            tick_waiting: false,
-            call_watermark: 0,
-        })
-    }
-
-    /// SIGHUP: re-reads `agents.ids_file`; a broken list is rejected and the old one kept.
-    fn reload_agents(&mut self) {
-        match self.settings.agents.reload() {
-            Ok(ids) => {
-                let old: std::collections::HashSet<_> = self.targets.ids.iter().cloned().collect();
-                let new: std::collections::HashSet<_> = ids.iter().cloned().collect();
-                let added: Vec<String> = new.difference(&old).map(ToString::to_string).collect();
-                let removed: Vec<String> = old.difference(&new).map(ToString::to_string).collect();
-                tracing::info!(total = ids.len(), ?added, ?removed, "agent list reloaded");
-                self.targets.ids = ids;
-            }
-            Err(error) => {
-                tracing::error!(%error, kept = self.targets.ids.len(), "agent list reload rejected; keeping the old list");
-            }
-        }
-    }
-
-    /// At shutdown: lets the running cycle apply what it fetched (it was cancelled with the
-    /// daemon and records itself `interrupted`), until `until`.
-    async fn finish_cycle(&mut self, until: Instant) {
-        let Some(cycle) = self.cycle.take() else { return };
-        match tokio::time::timeout_at(until, cycle).await {
-            Ok(Ok(Ok(report))) => tracing::info!("{}", report.to_string().trim_end()),
-            Ok(Ok(Err(error))) => tracing::error!(%error, "the last sync cycle could not complete"),
-            Ok(Err(panic)) => tracing::error!(%panic, "sync cycle task failed"),
-            Err(_) => tracing::error!(
-                "the running cycle did not finish in time; its open transaction rolls back and the next \
-                 start marks its run interrupted"
-            ),
-        }
-    }
 }
 
 impl Daemon {
@@ -266,37 +208,64 @@ impl Daemon {
             tokio::select! {
                 _ = self.cancel.cancelled() => return Ok(()),
                 Some(()) = ticks.recv() => self.maybe_start_cycles(),
-                changed = self.leader.changed() => {
+                changed = self.leases.changed() => {
                     if changed.is_err() {
                         return Ok(());
                     }
-                    let state = *self.leader.borrow_and_update();
-                    self.metrics.set_leader(state == LeaderState::Leader);
-                    let held = if state == LeaderState::Leader { self.tenants.len() } else { 0 };
-                    self.metrics.set_tenants_held(held);
-                    tracing::info!(?state, "leadership changed");
-                    if state != LeaderState::Leader {
-                        for tenant in &mut self.tenants {
-                            tenant.newly_leading = true;
-                            // Another instance may lead now: stop starting requests, so two
-                            // cycles never run side by side; what was fetched is still applied.
-                            if let Some(cycle) = &tenant.cycle_cancel {
-                                tracing::warn!(tenant = %tenant.settings.name, "leadership lost; stopping the running cycle");
-                                cycle.cancel();
-                            }
-                        }
-                    } else {
-                        for index in 0..self.tenants.len() {
-                            if self.tenants[index].newly_leading {
-                                self.maybe_start_cycle(index);
-                            }
-                        }
-                    }
+                    self.leases_changed();
                 }
                 (index, done) = next_finished(&mut self.tenants) => self.cycle_finished(index, done).await,
-                _ = hangup.recv() => self.tenants.iter_mut().for_each(TenantCycle::reload_agents),
+                _ = hangup.recv() => self.reload_agents(),
                 _ = watchdog.tick() => notify::watchdog(),
                 _ = staleness.tick() => self.evaluate_staleness().await,
+            }
+        }
+    }
+
+    /// SIGHUP: re-reads every tenant's `agents.ids_file`. An agent ID now listed for two
+    /// tenants is refused as at start, but by keeping every old list rather than exiting.
+    fn reload_agents(&mut self) {
+        let lists: Vec<Vec<AgentId>> = self.tenants.iter().map(TenantCycle::reread_agents).collect();
+        let mut owners: HashMap<&AgentId, &TenantName> = HashMap::new();
+        for (tenant, ids) in self.tenants.iter().zip(&lists) {
+            for id in ids {
+                if let Some(other) = owners.insert(id, &tenant.settings.name)
+                    && *other != tenant.settings.name
+                {
+                    tracing::error!(agent_id = %id, tenants = ?[&**other, &*tenant.settings.name],
+                        "agent list reload rejected: an agent ID is listed for two tenants; keeping every old list \
+                         (configure every agent ID for one tenant only)");
+                    return;
+                }
+            }
+        }
+        for (tenant, ids) in self.tenants.iter_mut().zip(lists) {
+            tenant.replace_agents(ids);
+        }
+    }
+
+    /// The held tenants changed: a tenant lost stops its running cycle, a tenant gained
+    /// starts one at once.
+    fn leases_changed(&mut self) {
+        let held = self.leases.held();
+        self.metrics.set_leader(!held.is_empty());
+        self.metrics.set_tenants_held(held.len());
+        tracing::info!(held = ?held.iter().map(ToString::to_string).collect::<Vec<_>>(), "held tenants changed");
+        for index in 0..self.tenants.len() {
+            let tenant = &mut self.tenants[index];
+            if !held.contains(&tenant.settings.name) {
+                tenant.newly_leading = true;
+                // Another instance may hold it now, or soon: stop starting requests, so two
+                // cycles never run side by side; what was fetched is still applied, and the
+                // lease goes only once the cycle has ended.
+                if let Some(cycle) = &tenant.cycle_cancel
+                    && !cycle.is_cancelled()
+                {
+                    tracing::warn!(tenant = %tenant.settings.name, "tenant lease lost or handed over; stopping its running cycle");
+                    cycle.cancel();
+                }
+            } else if tenant.newly_leading {
+                self.maybe_start_cycle(index);
             }
         }
     }
@@ -309,11 +278,10 @@ impl Daemon {
         }
     }
 
-    /// Starts a cycle of tenant `index` in the background if this instance leads and none
-    /// of that tenant is running.
+    /// Starts a cycle of tenant `index` in the background if this instance holds the
+    /// tenant and none of its cycles is running.
     fn maybe_start_cycle(&mut self, index: usize) {
         let deadline = self.next_tick_deadline();
-        let leading = *self.leader.borrow() == LeaderState::Leader;
         let tenant = &mut self.tenants[index];
         if tenant.cycle.is_some() {
             // The scheduler lets a tick through only once the running cycle is past its
@@ -325,10 +293,10 @@ impl Daemon {
             }
             return;
         }
-        if !leading {
-            tracing::debug!("not the active instance; no cycle");
+        let Some(permit) = self.leases.try_permit(&tenant.settings.name) else {
+            tracing::debug!(tenant = %tenant.settings.name, "another instance holds this tenant; no cycle");
             return;
-        }
+        };
         let first = std::mem::replace(&mut tenant.newly_leading, false);
         let cancel = self.cancel.child_token();
         tenant.cycle_cancel = Some(cancel.clone());
@@ -336,7 +304,7 @@ impl Daemon {
         let (syncer, targets, guard) =
             (tenant.syncer.clone(), tenant.targets.clone(), self.busy.enter(deadline));
         tenant.cycle = Some(tokio::spawn(async move {
-            let _busy = guard;
+            let (_busy, _permit) = (guard, permit);
             if first {
                 let closed = syncer.store.close_abandoned_runs().await?;
                 if closed > 0 {
@@ -387,30 +355,34 @@ impl Daemon {
         }
     }
 
-    /// Opens, repeats and resolves stale episodes (the active instance only, so a standby
-    /// adds no load), and refreshes the agent metrics.
+    /// Opens, repeats and resolves the stale episodes of the tenants this instance holds
+    /// (none on standby, so a standby adds no load), and refreshes the agent metrics.
     async fn evaluate_staleness(&self) {
-        if *self.leader.borrow() != LeaderState::Leader {
+        let held: Vec<_> = self.leases.held().into_iter().collect();
+        if held.is_empty() {
+            // The agents are another process's to count and export now.
+            self.metrics.set_agent_counts(0, 0, 0);
+            self.metrics.set_agent_last_seen(&[]);
             return;
         }
         // A stop does not wait for an evaluation: its transaction rolls back, and the next
         // start evaluates again.
         tokio::select! {
-            () = self.record_staleness() => {}
+            () = self.record_staleness(&held) => {}
             () = self.cancel.cancelled() => tracing::info!("staleness evaluation abandoned for the stop"),
         }
     }
 
-    async fn record_staleness(&self) {
-        let store = &self.store;
-        match alerts::evaluate(store, &self.settings.stale, &self.settings.alerts, chrono::Utc::now()).await {
+    async fn record_staleness(&self, held: &[TenantName]) {
+        let (store, now) = (&self.store, chrono::Utc::now());
+        match alerts::evaluate(store, Some(held), &self.settings.stale, &self.settings.alerts, now).await {
             Ok(seen) => self.metrics.set_agent_counts(seen.tracked, seen.stale_now, seen.missing_now),
             Err(error) => {
                 tracing::error!(%error, "evaluating stale agents failed; retrying at the next check")
             }
         }
-        if let Err(error) = refresh_agent_series(store, &self.metrics, self.settings.http.agent_series).await
-        {
+        let mode = self.settings.http.agent_series;
+        if let Err(error) = refresh_agent_series(store, &self.metrics, mode, held).await {
             tracing::warn!(%error, "reading lastSeen for the per-agent metrics failed");
         }
     }
