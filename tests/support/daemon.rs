@@ -49,6 +49,10 @@ pub struct DaemonConfig {
     pub fetch_mode: &'static str,
     /// `alerts.webhook_url`; None leaves alerts in the log.
     pub webhook_url: Option<String>,
+    /// `[[tenants]]` entries, as TOML. Empty: the one tenant of the simulator, tracking the
+    /// fixture's `ids_file`. Otherwise `[defender]` is the simulator's partner-model section,
+    /// shared by the entries, and these entries choose the agents.
+    pub tenants: String,
 }
 
 impl Default for DaemonConfig {
@@ -59,6 +63,7 @@ impl Default for DaemonConfig {
             windows: Vec::new(),
             fetch_mode: "by-id",
             webhook_url: None,
+            tenants: String::new(),
         }
     }
 }
@@ -138,22 +143,29 @@ impl Fixture {
             true => String::new(),
             false => format!("windows = [{}]\n", windows.join(", ")),
         };
+        let (defender, agents) = match config.tenants.is_empty() {
+            true => {
+                let ids = self.ids_file.to_str().expect("a UTF-8 temporary path");
+                (self.sim.defender_config(), format!("[agents]\nids_file = {ids:?}\n\n"))
+            }
+            false => (self.sim.partner_defender_config(), String::new()),
+        };
         format!(
             "{defender}fetch_mode = \"{mode}\"\n\n\
              [rate_limit]\nmax_in_flight = {in_flight}\n{windows}\n\
-             [agents]\nids_file = {ids:?}\n\n\
+             {agents}\
              [schedule]\ncron = \"{cron}\"\n\n\
              [database]\nurl = \"{url}\"\n\n\
              [http]\nlisten = \"127.0.0.1:{port}\"\n\n\
              [alerts]\nwebhook_url = \"{webhook}\"\n\n\
-             [log]\nformat = \"json\"\n",
-            defender = self.sim.defender_config(),
+             [log]\nformat = \"json\"\n\n\
+             {tenants}",
             mode = config.fetch_mode,
             in_flight = config.max_in_flight,
-            ids = self.ids_file.to_str().expect("a UTF-8 temporary path"),
             cron = config.cron,
             url = self.database_url,
             webhook = config.webhook_url.as_deref().unwrap_or_default(),
+            tenants = config.tenants,
         )
     }
 
@@ -205,11 +217,22 @@ impl Fixture {
     /// Asserts that the simulator never answered 429 and no window ever held more accepted
     /// requests than it allows: the budget held across every process of the test.
     pub fn assert_budget_respected(&self) {
-        let stats = self.sim.stats();
-        assert_eq!(stats.throttled, 0, "the simulator throttled requests: {stats:?}");
-        for peak in &stats.window_peaks {
-            assert!(peak.max_accepted <= peak.window.calls, "window exceeded: {peak:?}");
-        }
+        assert_budget_respected(&self.sim);
+    }
+}
+
+/// Asserts that the simulated tenant of `sim` never answered 429 and none of its windows ever
+/// held more accepted requests than it allows: that tenant's budget held.
+#[track_caller]
+pub fn assert_budget_respected(sim: &SimulatorHandle) {
+    let stats = sim.stats();
+    assert_eq!(stats.throttled, 0, "tenant {} throttled requests: {stats:?}", sim.tenant_id());
+    for peak in &stats.window_peaks {
+        assert!(
+            peak.max_accepted <= peak.window.calls,
+            "tenant {}: window exceeded: {peak:?}",
+            sim.tenant_id()
+        );
     }
 }
 
