@@ -256,9 +256,9 @@ async fn run(globals: &Globals) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `sync [--dry-run]`: one cycle now per tenant, bounded like a scheduled one (no request
-/// starts after the next scheduled tick), then a summary. Exit 0 all fetched, 2 partial,
-/// 1 nothing.
+/// `sync [--dry-run]`: one cycle now per tenant, the tenants' cycles side by side, each
+/// bounded like a scheduled one (no request starts after the next scheduled tick), then a
+/// summary per tenant. Exit 0 all fetched, 2 partial, 1 nothing.
 async fn sync(globals: &Globals, args: SyncArgs) -> Result<ExitCode, Failure> {
     let settings = globals.configure()?;
     let selection = settings.select_tenants(&args.tenants)?;
@@ -288,6 +288,7 @@ async fn sync(globals: &Globals, args: SyncArgs) -> Result<ExitCode, Failure> {
         cancel.cancel();
     });
     let mut codes = Vec::new();
+    let mut cycles = Vec::new();
     for tenant in tenants {
         let syncer = Syncer::for_tenant(tenant, &settings.stale, store.clone())?;
         let targets = Targets { ids: tenant.agents.ids.clone(), track_all: tenant.agents.track_all };
@@ -300,11 +301,29 @@ async fn sync(globals: &Globals, args: SyncArgs) -> Result<ExitCode, Failure> {
             codes.push(0);
             continue;
         }
-        let report = syncer.run_cycle(&targets, &options).await.map_err(anyhow::Error::from)?;
-        print!("{report}");
-        codes.push(report.exit_code());
+        // Every tenant's cycle runs at once, as under the daemon: one tenant's 429 pauses,
+        // retries or outage must not hold the others back, nor use up their deadline.
+        let options = options.clone();
+        cycles.push(tokio::spawn(async move { syncer.run_cycle(&targets, &options).await }));
+    }
+    // Reports in configuration order; a cycle that could not record itself fails the
+    // command once every other cycle has recorded its own.
+    let mut failure = None;
+    for cycle in cycles {
+        match cycle.await.map_err(anyhow::Error::from)? {
+            Ok(report) => {
+                print!("{report}");
+                codes.push(report.exit_code());
+            }
+            Err(error) => {
+                failure.get_or_insert(error);
+            }
+        }
     }
     interrupt.abort();
+    if let Some(error) = failure {
+        return Err(anyhow::Error::from(error).into());
+    }
     Ok(ExitCode::from(combined_exit_code(&codes)))
 }
 

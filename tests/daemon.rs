@@ -175,7 +175,7 @@ async fn three_instances_share_six_tenants_and_take_over_a_killed_ones_within_10
         SimulatorOptions { tenants: 6, latency: Duration::from_millis(400), ..SimulatorOptions::frozen(4) };
     let fixture = Fixture::with_simulator(options, 0).await;
     let config = DaemonConfig {
-        tenants: 6,
+        tenants: fixture.tenant_entries(6),
         max_in_flight: 1,
         cron: "*/5 * * * * *".to_owned(),
         ..DaemonConfig::default()
@@ -307,7 +307,8 @@ async fn sighup_reloads_a_good_agent_list_and_rejects_a_broken_one() {
 async fn sighup_refuses_an_agent_id_listed_for_two_tenants_and_keeps_every_list() {
     let fixture =
         Fixture::with_simulator(SimulatorOptions { tenants: 2, ..SimulatorOptions::frozen(3) }, 0).await;
-    let daemon = fixture.spawn(&DaemonConfig { tenants: 2, ..DaemonConfig::default() }).await;
+    let config = DaemonConfig { tenants: fixture.tenant_entries(2), ..DaemonConfig::default() };
+    let daemon = fixture.spawn(&config).await;
     fixture.wait_for_run("an ok run of t2", CYCLES, |run| run.tenant == "t2" && run.status == "ok").await;
     let hosted = fixture.sim.tenants();
     let (first, second) = (hosted[0].agent_ids(), hosted[1].agent_ids());

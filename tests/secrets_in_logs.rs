@@ -18,12 +18,14 @@ const DB_PASSWORD: &str = "db-pa55word-of-the-scan";
 
 /// Every secret the suite configures anywhere, so the suite-wide scan knows what to look for:
 /// the simulator's default client secret, the passwords and secrets of tests/cli.rs and
-/// tests/config.rs, wiremock's token in tests/defender.rs, and this file's own.
-const SUITE_SECRETS: [&str; 6] = [
+/// tests/config.rs, wiremock's token in tests/defender.rs, the wrong secret of
+/// tests/tenant_isolation.rs, and this file's own.
+const SUITE_SECRETS: [&str; 7] = [
     "sim-secret",
     "db-hunter2",
     "api-s3cret-value",
     "eyJ-access-token-never-shown",
+    "not-the-secret-of-contoso",
     CLIENT_SECRET,
     DB_PASSWORD,
 ];

@@ -9,6 +9,8 @@ use super::guard::Verdict;
 use super::{CycleOptions, Progress, Syncer};
 use crate::agent::RecordError;
 use crate::agent_id::AgentId;
+use crate::budget::BudgetError;
+use crate::defender::ApiError;
 use crate::store::StoreError;
 use crate::store::missing::Tracked;
 
@@ -46,6 +48,11 @@ impl Syncer {
             let page = match page {
                 None => break,
                 Some(Ok(page)) => page,
+                Some(Err(ApiError::Budget(BudgetError::Exhausted))) => {
+                    // The cycle says why the budget ran out (see `Syncer::run_cycle`).
+                    progress.list_out_of_budget = true;
+                    break;
+                }
                 Some(Err(error)) => {
                     progress.fail("list", error.to_string());
                     break;

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::AgentRecord;
 use crate::agent_id::AgentId;
-use crate::budget::Budget;
+use crate::budget::{Budget, BudgetError};
 use crate::config::{FetchMode, StaleSettings, TenantSettings};
 use crate::defender::DefenderClient;
 use crate::diff::{Diff, Tally};
@@ -87,6 +87,8 @@ struct Progress {
     deferred: usize,
     /// False when a list did not reach its last page: then nothing may be marked missing.
     complete: bool,
+    /// A list stopped because the budget had no slot for its next page before the deadline.
+    list_out_of_budget: bool,
     list_pages: Option<u32>,
     /// The guard refused to mark agents missing.
     refused: bool,
@@ -184,19 +186,9 @@ impl Syncer {
             dry_run: options.dry_run,
             elapsed: Duration::ZERO,
         };
-        if report.throttled > 0 && report.deferred > 0 {
-            // The budget never exceeds rate_limit.windows, so a 429 means the quota is shared
-            // or smaller than configured; the agents it pushed out are not a routine deferral.
+        if let Some(failure) = out_of_budget(&report, progress.list_out_of_budget) {
             report.failure_count += 1;
-            report.failures.push(Failure {
-                subject: "rate limit".into(),
-                error: format!(
-                    "the API answered 429 (throttled) {} times and {} agents were deferred to the next \
-                     cycle: another client may be using this app registration's quota, or the tenant's \
-                     limits are below rate_limit.windows; lower rate_limit.windows if it persists",
-                    report.throttled, report.deferred
-                ),
-            });
+            report.failures.push(failure);
         }
         report.status = if options.cancel.is_cancelled() {
             RunStatus::Interrupted
@@ -321,6 +313,34 @@ impl Syncer {
         }
         Ok(())
     }
+}
+
+/// Why the budget left part of the cycle for the next one, when that is a failure: a list
+/// that stopped before its last page always is (nothing can be marked missing), deferred
+/// agents only when 429s pushed them out (otherwise the budget just does not cover every
+/// agent this cycle). After 429s the failure blames them, not the budget: the budget never
+/// exceeds rate_limit.windows, so a 429 means the quota is shared or smaller than configured.
+fn out_of_budget(report: &CycleReport, list_stopped: bool) -> Option<Failure> {
+    let cut = if list_stopped {
+        "the list stopped before its last page".to_owned()
+    } else if report.deferred > 0 {
+        format!("{} agents were deferred to the next cycle", report.deferred)
+    } else {
+        return None;
+    };
+    if report.throttled == 0 {
+        return list_stopped
+            .then(|| Failure { subject: "list".into(), error: BudgetError::Exhausted.to_string() });
+    }
+    Some(Failure {
+        subject: "rate limit".into(),
+        error: format!(
+            "the API answered 429 (throttled) {} times and {cut}: another client may be using this app \
+             registration's quota, or the tenant's limits are below rate_limit.windows; lower \
+             rate_limit.windows if it persists",
+            report.throttled
+        ),
+    })
 }
 
 fn mode_name(mode: FetchMode) -> &'static str {

@@ -49,10 +49,10 @@ pub struct DaemonConfig {
     pub fetch_mode: &'static str,
     /// `alerts.webhook_url`; None leaves alerts in the log.
     pub webhook_url: Option<String>,
-    /// How many of the simulator's tenants (`SimulatorOptions::tenants`) to sync, as
-    /// `[[tenants]]` named t1, t2..., each tracking its whole fleet by ID; 0 keeps the
-    /// single-tenant form with `ids_file`.
-    pub tenants: usize,
+    /// `[[tenants]]` entries, as TOML. Empty: the one tenant of the simulator, tracking the
+    /// fixture's `ids_file`. Otherwise `[defender]` is the simulator's partner-model section,
+    /// shared by the entries, and these entries choose the agents.
+    pub tenants: String,
 }
 
 impl Default for DaemonConfig {
@@ -63,7 +63,7 @@ impl Default for DaemonConfig {
             windows: Vec::new(),
             fetch_mode: "by-id",
             webhook_url: None,
-            tenants: 0,
+            tenants: String::new(),
         }
     }
 }
@@ -101,13 +101,31 @@ impl Fixture {
         write_list(&self.ids_file, text);
     }
 
-    /// Replaces the `ids_file` of tenant t`n` (see [`DaemonConfig::tenants`]) with these IDs.
+    /// Replaces the `ids_file` of tenant t`n` (see [`Fixture::tenant_entries`]) with these IDs.
     pub fn write_tenant_ids(&self, n: usize, ids: &[String]) {
         write_list(&self.tenant_ids_file(n), &ids.join("\n"));
     }
 
     fn tenant_ids_file(&self, n: usize) -> PathBuf {
         self.dir.path().join(format!("t{n}.txt"))
+    }
+
+    /// [`DaemonConfig::tenants`] for the first `n` simulated tenants: t1..tn, each tracking
+    /// its fleet by ID in its own `ids_file`.
+    pub fn tenant_entries(&self, n: usize) -> String {
+        let hosted = self.sim.tenants();
+        assert!(hosted.len() >= n, "the simulator serves {} tenants, not {n}", hosted.len());
+        (1..=n)
+            .zip(&hosted)
+            .map(|(i, tenant)| {
+                self.write_tenant_ids(i, &tenant.agent_ids());
+                let file = self.tenant_ids_file(i);
+                format!(
+                    "[[tenants]]\nname = \"t{i}\"\ntenant_id = \"{}\"\nids_file = {file:?}\n\n",
+                    tenant.tenant_id()
+                )
+            })
+            .collect()
     }
 
     /// Starts `scan-agent-sync run` on this fixture with its own HTTP port, configuration file
@@ -151,51 +169,30 @@ impl Fixture {
             true => String::new(),
             false => format!("windows = [{}]\n", windows.join(", ")),
         };
-        let (defender, agents) = match config.tenants {
-            0 => (
-                self.sim.defender_config(),
-                format!(
-                    "[agents]\nids_file = {:?}\n",
-                    self.ids_file.to_str().expect("a UTF-8 temporary path")
-                ),
-            ),
-            n => (self.sim.partner_defender_config(), self.tenants_toml(n)),
+        let (defender, agents) = match config.tenants.is_empty() {
+            true => {
+                let ids = self.ids_file.to_str().expect("a UTF-8 temporary path");
+                (self.sim.defender_config(), format!("[agents]\nids_file = {ids:?}\n\n"))
+            }
+            false => (self.sim.partner_defender_config(), String::new()),
         };
         format!(
             "{defender}fetch_mode = \"{mode}\"\n\n\
              [rate_limit]\nmax_in_flight = {in_flight}\n{windows}\n\
-             {agents}\n\
+             {agents}\
              [schedule]\ncron = \"{cron}\"\n\n\
              [database]\nurl = \"{url}\"\n\n\
              [http]\nlisten = \"127.0.0.1:{port}\"\n\n\
              [alerts]\nwebhook_url = \"{webhook}\"\n\n\
-             [log]\nformat = \"json\"\n",
+             [log]\nformat = \"json\"\n\n\
+             {tenants}",
             mode = config.fetch_mode,
             in_flight = config.max_in_flight,
             cron = config.cron,
             url = self.database_url,
             webhook = config.webhook_url.as_deref().unwrap_or_default(),
+            tenants = config.tenants,
         )
-    }
-
-    /// The first `n` simulated tenants as `[[tenants]]` t1..tn, each tracking its fleet by ID
-    /// in its own `ids_file` (written here unless a test wrote it already).
-    fn tenants_toml(&self, n: usize) -> String {
-        let hosted = self.sim.tenants();
-        assert!(hosted.len() >= n, "the simulator serves {} tenants, not {n}", hosted.len());
-        (1..=n)
-            .zip(&hosted)
-            .map(|(i, tenant)| {
-                let file = self.tenant_ids_file(i);
-                if !file.exists() {
-                    self.write_tenant_ids(i, &tenant.agent_ids());
-                }
-                format!(
-                    "[[tenants]]\nname = \"t{i}\"\ntenant_id = \"{}\"\nids_file = {file:?}\n\n",
-                    tenant.tenant_id()
-                )
-            })
-            .collect()
     }
 
     /// Every run so far, oldest first; empty while the database does not answer.
@@ -246,13 +243,22 @@ impl Fixture {
     /// Asserts that the simulator never answered 429 and no window ever held more accepted
     /// requests than it allows, in any tenant: the budget held across every process of the test.
     pub fn assert_budget_respected(&self) {
-        for tenant in self.sim.tenants() {
-            let stats = tenant.stats();
-            assert_eq!(stats.throttled, 0, "the simulator throttled requests: {stats:?}");
-            for peak in &stats.window_peaks {
-                assert!(peak.max_accepted <= peak.window.calls, "window exceeded: {peak:?}");
-            }
-        }
+        self.sim.tenants().iter().for_each(assert_budget_respected);
+    }
+}
+
+/// Asserts that the simulated tenant of `sim` never answered 429 and none of its windows ever
+/// held more accepted requests than it allows: that tenant's budget held.
+#[track_caller]
+pub fn assert_budget_respected(sim: &SimulatorHandle) {
+    let stats = sim.stats();
+    assert_eq!(stats.throttled, 0, "tenant {} throttled requests: {stats:?}", sim.tenant_id());
+    for peak in &stats.window_peaks {
+        assert!(
+            peak.max_accepted <= peak.window.calls,
+            "tenant {}: window exceeded: {peak:?}",
+            sim.tenant_id()
+        );
     }
 }
 
