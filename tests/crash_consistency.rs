@@ -76,8 +76,16 @@ async fn sigkilled_at_random_moments_the_daemon_keeps_history_and_budget_consist
     let started = std::time::Instant::now();
 
     for kill in 1..=KILLS {
+        let newest = fixture.runs().await.last().map_or(0, |run| run.run_id);
         let mut daemon = fixture.spawn(&config).await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(KILL_AFTER_MS))).await;
+        if kill % 3 == 0 {
+            // Aimed: within a cycle seen running. Random moments alone can all miss the
+            // cycles on a loaded machine, where a cycle with no budget left lasts 0.1 s.
+            wait_for_a_running_cycle(&fixture, newest).await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..=100))).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(KILL_AFTER_MS))).await;
+        }
         assert!(daemon.is_running(), "the daemon exited by itself before kill {kill}");
         daemon.kill();
     }
@@ -111,6 +119,18 @@ async fn sigkilled_at_random_moments_the_daemon_keeps_history_and_budget_consist
     // About half the kills land mid-cycle (a cycle runs for about a second, then the tick
     // at its end is skipped); with none, this test would not be testing crashes.
     assert!(interrupted >= KILLS / 8, "only {interrupted} of {KILLS} kills interrupted a cycle: {runs:#?}");
+}
+
+/// Returns once a run after `newest` is `running`, or after a few seconds without one (the
+/// kill then lands wherever it lands).
+async fn wait_for_a_running_cycle(fixture: &Fixture, newest: i64) {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < give_up {
+        if fixture.runs().await.iter().any(|run| run.run_id > newest && run.status == "running") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// (e) After the clean stop no run is `running`: those the kills cut short were closed as
