@@ -109,6 +109,11 @@ impl Budget {
 }
 
 impl Permit {
+    /// The request leaves `by` later than the grant allowed for (a token renewed in between).
+    pub fn delay(&mut self, by: Duration) {
+        self.lag += by;
+    }
+
     /// Records the answer's status (None: no answer) and, for a 429, pauses every process
     /// for `retry_after`. The recorded call time moves forward by the grant's lag (the
     /// commit and the trip back), so it is no earlier than when the request really left:

@@ -164,6 +164,23 @@ async fn short_lived_tokens_are_renewed_before_they_expire() {
 }
 
 #[tokio::test]
+async fn a_token_that_expires_while_the_call_waits_for_its_slot_is_renewed_before_it_is_sent() {
+    // One call per 3 s and tokens of 2 s: the second call waits out the first's token.
+    let options = SimulatorOptions { token_lifetime: Duration::from_secs(2), ..sim_options() };
+    let sim = simulator::start(options).await.unwrap();
+    let budget =
+        budget_with(support::fresh_store().await, RateWindow { calls: 1, per: Duration::from_secs(3) });
+    let client = client(&settings(&sim.base_url(), &sim.token_url()), SIM_SECRET, budget);
+    let agent_id = id(&sim.agent_ids()[0]);
+    for _ in 0..2 {
+        assert!(client.get_agent(&agent_id, None).await.unwrap().is_some());
+    }
+    let statuses: Vec<Option<u16>> = sim.request_log().iter().map(|r| r.status).collect();
+    assert!(!statuses.contains(&Some(401)), "a call spent its slot on an expired token: {statuses:?}");
+    assert_eq!((sim.stats().by_id_requests, client.counters().requests), (2, 2), "no call wasted");
+}
+
+#[tokio::test]
 async fn a_refused_token_is_renewed_once_and_the_call_retried() {
     let server = mock_server().await;
     answer(&server, &by_id_path("a1"), api_error(401, "Unauthorized", "expired"), Some(1)).await;

@@ -249,8 +249,9 @@ impl DefenderClient {
         let mut retries_left = inner.retry.max_retries;
         let mut renewed = false;
         loop {
-            let token = inner.tokens.token(&inner.http, &inner.retry).await?;
-            let error = match self.send(endpoint, url, &token, deadline).await {
+            // Taken before the slot too, so a refused secret spends no budget.
+            let mut token = inner.tokens.token(&inner.http, &inner.retry).await?;
+            let error = match self.send(endpoint, url, &mut token, deadline).await {
                 Ok(body) => return Ok(body),
                 Err(error) => error,
             };
@@ -277,13 +278,14 @@ impl DefenderClient {
         }
     }
 
-    /// One try: a budget slot, the request, its status in the ledger, the body.
+    /// One try: a budget slot, the request with `token` (replaced when it was due for renewal
+    /// by then), its status in the ledger, the body.
     #[tracing::instrument(skip_all, fields(endpoint = endpoint.ledger_name(), url = %url))]
     async fn send(
         &self,
         endpoint: Endpoint,
         url: &str,
-        token: &SecretString,
+        token: &mut SecretString,
         deadline: Option<Instant>,
     ) -> Result<Value, ApiError> {
         let inner = &self.inner;
@@ -291,7 +293,19 @@ impl DefenderClient {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(BudgetError::Exhausted.into());
         }
-        let permit = inner.budget.acquire(endpoint.ledger_name(), deadline).await?;
+        let mut permit = inner.budget.acquire(endpoint.ledger_name(), deadline).await?;
+        // The wait for the slot can outlast the token (an hour's window waits up to 45
+        // minutes): take it again, from the cache unless due for renewal, and count a
+        // renewal's time as lag, since the request leaves that much later.
+        let renewing = Instant::now();
+        match inner.tokens.token(&inner.http, &inner.retry).await {
+            Ok(current) => *token = current,
+            Err(error) => {
+                permit.finish(None, None).await?;
+                return Err(error);
+            }
+        }
+        permit.delay(renewing.elapsed());
         inner.counters.requests.fetch_add(1, Ordering::Relaxed);
         let timeout = inner.retry.timeout;
         let transport = |e: &reqwest::Error| ApiError::from_transport(e, timeout);
