@@ -143,7 +143,7 @@ impl Store {
         repeat_interval: Duration,
         tenants: Option<&[TenantName]>,
     ) -> Result<Evaluation, StoreError> {
-        let tenants: Option<Vec<&str>> = tenants.map(|names| names.iter().map(|name| &**name).collect());
+        let tenants = tenants.map(super::tenant::names);
         let mut tx = lock_alerts(self).await?;
         // Every statement selects its rows by primary-key or open-episode index lookups of a
         // chunk of agent IDs, never by a join the planner must estimate: right after a storm

@@ -31,13 +31,12 @@ pub const TENANT_LEASES: i64 = 0x5CA5_0010 << 32;
 
 /// Each tenant's lease key, in the order given.
 pub async fn lease_keys(conn: &mut PgConnection, tenants: &[TenantName]) -> Result<Vec<i64>, StoreError> {
-    let names: Vec<&str> = tenants.iter().map(|name| &**name).collect();
     sqlx::query_scalar(
         "SELECT CASE WHEN name = $2 THEN $3 ELSE $4 | (hashtext(name)::bigint & 4294967295) END
          FROM unnest($1::text[]) WITH ORDINALITY AS t(name, position)
          ORDER BY position",
     )
-    .bind(names)
+    .bind(super::tenant::names(tenants))
     .bind(crate::tenant_name::DEFAULT_TENANT)
     .bind(LEADER_LOCK)
     .bind(TENANT_LEASES)

@@ -40,7 +40,7 @@ impl Store {
         tenants: &[TenantName],
     ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
         sqlx::query_as("SELECT agent_id, last_seen FROM scan_agents WHERE tenant = ANY($1) ORDER BY agent_id")
-            .bind(tenants.iter().map(|name| &**name).collect::<Vec<&str>>())
+            .bind(super::tenant::names(tenants))
             .fetch_all(&self.pool)
             .await
             .during("reading every agent's lastSeen")
@@ -55,7 +55,7 @@ impl Store {
         sqlx::query_as(
             "SELECT agent_id, last_seen FROM stale_scan_agents WHERE tenant = ANY($1) ORDER BY agent_id",
         )
-        .bind(tenants.iter().map(|name| &**name).collect::<Vec<&str>>())
+        .bind(super::tenant::names(tenants))
         .fetch_all(&self.pool)
         .await
         .during("reading stale agents' lastSeen")
@@ -64,7 +64,7 @@ impl Store {
     /// The agents stale now, longest stale first: of the tenants named, or of every tenant
     /// for `None`.
     pub async fn stale_agents(&self, tenants: Option<&[TenantName]>) -> Result<Vec<StaleAgent>, StoreError> {
-        let tenants: Option<Vec<&str>> = tenants.map(|names| names.iter().map(|name| &**name).collect());
+        let tenants = tenants.map(super::tenant::names);
         sqlx::query_as(
             "SELECT tenant, agent_id, computer_dns_name, last_seen,
                     extract(epoch FROM stale_for)::float8 AS stale_for_seconds, missing_since

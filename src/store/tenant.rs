@@ -18,6 +18,11 @@ pub struct TenantStore {
     pub(super) tenant: TenantName,
 }
 
+/// Tenant names as PostgreSQL binds them, for `tenant = ANY($n)`.
+pub(super) fn names(tenants: &[TenantName]) -> Vec<&str> {
+    tenants.iter().map(|name| &**name).collect()
+}
+
 impl Store {
     /// This store as `tenant`'s cycles and budget use it.
     pub fn for_tenant(&self, tenant: TenantName) -> TenantStore {
