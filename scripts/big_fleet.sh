@@ -93,8 +93,11 @@ for _ in $(seq 1200); do
     sleep 0.1
 done
 sleep 5
-idle_rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$daemon_pid/status")
-idle_hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$daemon_pid/status")
+idle_rss=$(status_kib "$daemon_pid" VmRSS)
+idle_hwm=$(status_kib "$daemon_pid" VmHWM)
+# Its cycle was followed by a staleness evaluation of the whole fleet (issue 12, item 6).
+slow_statements=$(grep -c "slow statement" "$work/daemon.log" || true)
+echo "- slow-statement warnings in the run's log (cycle and staleness evaluation): $slow_statements"
 
 python3 - "$results" "$idle_rss" "$idle_hwm" "$agents" <<'PY'
 import statistics, sys

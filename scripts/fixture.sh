@@ -37,6 +37,21 @@ fixture_cleanup() {
 }
 trap fixture_cleanup EXIT
 
+# CPU time (utime + stime) of process $1 in clock ticks: fields 14 and 15 of
+# /proc/PID/stat, counted after the command name, which is in parentheses.
+cpu_ticks() {
+    local stat
+    stat=$(<"/proc/$1/stat")
+    stat=${stat##*) }
+    read -r -a fields <<<"$stat"
+    echo $((fields[11] + fields[12]))
+}
+
+# The value in KiB of line $2 (VmRSS, VmHWM...) of process $1's /proc/PID/status.
+status_kib() {
+    awk -v key="$2:" '$1 == key { print $2 }' "/proc/$1/status"
+}
+
 # A port nobody listens on now; the kernel picks it.
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

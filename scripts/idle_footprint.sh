@@ -110,32 +110,19 @@ fi
 read -r run_status run_fetched <<<"$finished"
 echo "first cycle: $run_status, $run_fetched agents fetched; sampling for ${idle_seconds}s ..." >&2
 
-# utime + stime in clock ticks: fields 14 and 15 of /proc/PID/stat, counted after the
-# command name, which is in parentheses.
-cpu_ticks() {
-    local stat
-    stat=$(<"/proc/$daemon_pid/stat")
-    stat=${stat##*) }
-    read -r -a fields <<<"$stat"
-    echo $((fields[11] + fields[12]))
-}
-rss_kib() {
-    awk '/^VmRSS:/ { print $2 }' "/proc/$daemon_pid/status"
-}
-
 ticks_per_second=$(getconf CLK_TCK)
-start_ticks=$(cpu_ticks)
+start_ticks=$(cpu_ticks "$daemon_pid")
 start_ns=$(date +%s%N)
-rss_start=$(rss_kib)
+rss_start=$(status_kib "$daemon_pid" VmRSS)
 rss_max=$rss_start
 for ((i = 0; i < idle_seconds; i++)); do
     sleep 1
-    rss=$(rss_kib)
+    rss=$(status_kib "$daemon_pid" VmRSS)
     if ((rss > rss_max)); then rss_max=$rss; fi
 done
-end_ticks=$(cpu_ticks)
+end_ticks=$(cpu_ticks "$daemon_pid")
 end_ns=$(date +%s%N)
-rss_final=$(rss_kib)
+rss_final=$(status_kib "$daemon_pid" VmRSS)
 runs=$(psql "$database_url" -qAtc "SELECT count(*) FROM sync_runs")
 
 python3 - "$rss_start" "$rss_max" "$rss_final" "$start_ticks" "$end_ticks" "$ticks_per_second" \

@@ -174,18 +174,6 @@ done
 export SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET=sim-secret
 "$binary" migrate --config "$work/config.toml" >/dev/null
 
-# utime + stime in clock ticks: fields 14 and 15 of /proc/PID/stat, counted after the
-# command name, which is in parentheses.
-cpu_ticks() {
-    local stat
-    stat=$(<"/proc/$daemon_pid/stat")
-    stat=${stat##*) }
-    read -r -a fields <<<"$stat"
-    echo $((fields[11] + fields[12]))
-}
-status_kib() {
-    awk -v key="$1:" '$1 == key { print $2 }' "/proc/$daemon_pid/status"
-}
 alive() {
     if ! kill -0 "$daemon_pid" 2>/dev/null; then
         echo "the daemon exited; its log is $work/daemon.log" >&2
@@ -224,7 +212,7 @@ while (($(date +%s%N) < settle_until_ns)); do
     alive
     sleep 1
 done
-steady_ticks=$(cpu_ticks)
+steady_ticks=$(cpu_ticks "$daemon_pid")
 steady_ns=$(date +%s%N)
 steady_at=$(sql "SELECT extract(epoch FROM clock_timestamp())")
 echo "measuring for $duration s ..." >&2
@@ -232,18 +220,18 @@ end_wait_ns=$((steady_ns + duration * 1000000000))
 rss_max=0
 while :; do
     alive
-    rss=$(status_kib VmRSS)
+    rss=$(status_kib "$daemon_pid" VmRSS)
     ((rss > rss_max)) && rss_max=$rss
     left_ms=$(((end_wait_ns - $(date +%s%N)) / 1000000))
     ((left_ms <= 0)) && break
     ((left_ms > 1000)) && left_ms=1000
     sleep "$(printf '%d.%03d' $((left_ms / 1000)) $((left_ms % 1000)))"
 done
-end_ticks=$(cpu_ticks)
+end_ticks=$(cpu_ticks "$daemon_pid")
 end_ns=$(date +%s%N)
 end_at=$(sql "SELECT extract(epoch FROM clock_timestamp())")
-hwm=$(status_kib VmHWM)
-rss_end=$(status_kib VmRSS)
+hwm=$(status_kib "$daemon_pid" VmHWM)
+rss_end=$(status_kib "$daemon_pid" VmRSS)
 sleep 1
 skipped=$(curl -s "http://127.0.0.1:$http_port/metrics" | awk '/^scan_agent_sync_skipped_ticks_total/ { s += $2 } END { print s + 0 }')
 kill -TERM "$daemon_pid"
