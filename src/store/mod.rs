@@ -9,7 +9,8 @@
 //! its statements through `tenant::TenantStore`, which binds the tenant.
 //!
 //! Advisory locks used (all transaction-scoped unless noted), in one place so keys never clash:
-//! - [`APPLY_LOCK`]: serializes batch application, so concurrent appliers behave as if in sequence.
+//! - [`APPLY_LOCK`]: serializes batch application, so concurrent appliers behave as if in sequence;
+//!   the parts of a big batch hold it shared, each with its shard's key (`APPLY_LOCK << 32 | shard`).
 //! - `ledger::LEDGER_LOCK`: with the tenant's name hashed as the second of a pair of 32-bit
 //!   keys, serializes one tenant's budget slot grants across processes.
 //! - `leader_lock::LEADER_LOCK` (session-scoped, on a dedicated connection): held by the one

@@ -1,0 +1,69 @@
+//! Applying a big batch on several connections at once.
+//!
+//! A steady 100k-agent list cycle spends most of its time in PostgreSQL, and one
+//! connection's statements run on one server core: the cycle waited on one backend while
+//! the others idled. A batch of at least [`SHARD_FROM`] agents is therefore split by agent
+//! into [`SHARDS`] parts, each applied in its own transaction on its own connection, at the
+//! same time. Each part takes the shard's advisory lock (and [`super::APPLY_LOCK`] shared):
+//! an agent always falls in the same shard, in every process and version, so two appliers
+//! of one agent still run one after the other, while the statements that must see no
+//! applier at all (marking missing, creating partitions) still take `APPLY_LOCK` alone.
+//!
+//! A crash between the parts' commits leaves some of the batch's agents applied and the
+//! rest not, as a crash between two list pages does: every agent's rows stay consistent.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+use super::Applied;
+use crate::agent::AgentRecord;
+use crate::agent_id::AgentId;
+
+/// Batches smaller than this are applied in one transaction: a part's fixed costs
+/// (connection, lock, clock) would outweigh what the parallelism saves.
+pub(super) const SHARD_FROM: usize = 2_000;
+
+/// Parts a big batch is applied in. Two: the machine this is measured on has two cores,
+/// shared by PostgreSQL, the service and the API; more parts only queue for the cores.
+pub(super) const SHARDS: usize = 2;
+
+/// The advisory lock of shard `k`: `APPLY_LOCK` in the high 32 bits, so it clashes with no
+/// other key (`store::tests::advisory_lock_keys_are_distinct`).
+pub(super) fn shard_lock(k: usize) -> i64 {
+    (super::APPLY_LOCK << 32) | i64::try_from(k).expect("a shard number fits")
+}
+
+/// The shard of an agent: from a hash of its ID that no process or version computes
+/// differently (unlike std's hasher), so the shard's lock serializes its appliers.
+fn shard_of(id: &AgentId) -> usize {
+    usize::from(Sha256::digest(id.as_str().as_bytes())[0]) % SHARDS
+}
+
+/// Splits a deduplicated batch into one part per shard, each in batch order, and returns
+/// each agent's position in the batch, for [`merge`].
+pub(super) fn split(fetched: Vec<AgentRecord>) -> (Vec<Vec<AgentRecord>>, HashMap<AgentId, usize>) {
+    let mut parts: Vec<Vec<AgentRecord>> =
+        (0..SHARDS).map(|_| Vec::with_capacity(fetched.len() / SHARDS + 1)).collect();
+    let mut positions = HashMap::with_capacity(fetched.len());
+    for (position, record) in fetched.into_iter().enumerate() {
+        positions.insert(record.id.clone(), position);
+        parts[shard_of(&record.id)].push(record);
+    }
+    (parts, positions)
+}
+
+/// Joins what each part applied into what the whole batch did, its agents' diffs back in
+/// batch order. The batch's time is its latest part's.
+pub(super) fn merge(parts: Vec<Applied>, positions: &HashMap<AgentId, usize>) -> Applied {
+    let mut parts = parts.into_iter();
+    let mut merged = parts.next().expect("a batch has at least one part");
+    for mut applied in parts {
+        merged.applied_at = merged.applied_at.max(applied.applied_at);
+        merged.refetched += applied.refetched;
+        merged.refused.append(&mut applied.refused);
+        merged.diff.agents.append(&mut applied.diff.agents);
+    }
+    merged.diff.agents.sort_unstable_by_key(|agent| positions[&agent.id]);
+    merged
+}
