@@ -205,7 +205,7 @@ async fn establish(store: &Store, workload: Workload, n: usize) -> anyhow::Resul
     let pool = store.pool();
     sqlx::raw_sql(
         "TRUNCATE scan_agent_last_seen, scan_agent_version_history, scan_agent_payloads,
-                  scan_agent_payload_times, scan_agent_state
+                  scan_agent_state
          RESTART IDENTITY CASCADE",
     )
     .execute(pool)
@@ -218,8 +218,8 @@ async fn establish(store: &Store, workload: Workload, n: usize) -> anyhow::Resul
             .context("loading the base fleet")?;
     }
     sqlx::raw_sql(
-        "VACUUM ANALYZE scan_agent_state, scan_agent_payloads, scan_agent_payload_times,
-                        scan_agent_version_history, scan_agent_last_seen",
+        "VACUUM ANALYZE scan_agent_state, scan_agent_payloads, scan_agent_version_history,
+                        scan_agent_last_seen",
     )
     .execute(pool)
     .await

@@ -85,7 +85,7 @@ EOF
 export SCAN_AGENT_SYNC__DEFENDER__CLIENT_SECRET=sim-secret
 sleep 2
 
-tables="scan_agent_state scan_agent_payloads scan_agent_payload_times scan_agent_last_seen
+tables="scan_agent_state scan_agent_payloads scan_agent_last_seen
         scan_agent_version_history sync_runs api_calls"
 sizes() {
     # A partitioned table's size is its partitions'; pg_partition_tree has no rows for a

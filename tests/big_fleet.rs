@@ -6,11 +6,13 @@ mod support;
 
 use std::time::Duration;
 
+use scan_agent_sync::agent::AgentRecord;
 use scan_agent_sync::config::Settings;
 use scan_agent_sync::simulator::{self, SimulatorHandle, SimulatorOptions};
-use scan_agent_sync::store::Store;
 use scan_agent_sync::store::runs::RunStatus;
+use scan_agent_sync::store::{MIGRATOR, Store};
 use scan_agent_sync::sync::{CycleOptions, Syncer, Targets};
+use serde_json::json;
 use sqlx::PgPool;
 use support::daemon::{DaemonConfig, Fixture, eventually};
 
@@ -248,4 +250,108 @@ async fn sigterm_during_an_alert_drain_stops_in_time_and_the_rest_goes_out_after
     assert_eq!(silent_received, EVENTS, "every event arrived");
     let twice = received.values().filter(|&&n| n > 1).count();
     assert!(twice <= 100, "at most the batch in flight at the stop arrives twice ({twice})");
+}
+
+fn agent(id: &str, version: &str, last_seen: &str) -> AgentRecord {
+    AgentRecord::from_json(json!({
+        "id": id,
+        "lastSeen": last_seen,
+        "computerDnsName": "h",
+        "scannerSoftwareVersion": version,
+        "lastCommandExecutionTimestamp": "2022-05-08T12:18:41.1234567Z",
+    }))
+    .unwrap()
+}
+
+async fn assert_history_holds(store: &Store) {
+    let findings = store.check_invariants(&[]).await.unwrap();
+    assert!(findings.iter().all(|f| f.holds()), "{findings:?}");
+}
+
+/// A batch of 2,000 agents or more (a list page) is applied in parts, one per shard of
+/// agents, side by side: the diff still comes back in batch order, and two such batches
+/// applied at once by two processes still give every shared agent one contiguous history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_batches_are_applied_in_parts_and_concurrent_ones_stay_in_sequence() {
+    let pool = support::fresh_pool().await;
+    let store = Store::from_pool(pool.clone());
+    let name = |i: usize| format!("b{i:04}");
+    store
+        .apply((0..3000).map(|i| agent(&name(i), "1", "2022-05-08T12:00:00Z")).collect(), &[])
+        .await
+        .unwrap();
+    let batch_a: Vec<AgentRecord> = (0..2500).map(|i| agent(&name(i), "2", "2022-05-08T13:00:00Z")).collect();
+    let batch_b: Vec<AgentRecord> =
+        (500..3000).rev().map(|i| agent(&name(i), "3", "2022-05-08T14:00:00Z")).collect();
+    let order_b: Vec<String> = batch_b.iter().map(|r| r.id.to_string()).collect();
+    // A second pool: its own connections, as a second process would have.
+    let other =
+        Store::from_pool(PgPool::connect_with(pool.connect_options().as_ref().clone()).await.unwrap());
+    let (ra, rb) = tokio::join!(store.apply(batch_a, &[]), other.apply(batch_b, &[]));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!((ra.diff.changed_count(), rb.diff.changed_count()), (2500, 2500));
+    let returned_b: Vec<String> = rb.diff.agents.iter().map(|a| a.id.to_string()).collect();
+    assert_eq!(returned_b, order_b, "the diff of a batch applied in parts is in batch order");
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agent_versions").await, 3000 + 2500 + 2500);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agent_last_seen").await, 3000 + 2500 + 2500);
+    let three: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT agent_id FROM scan_agent_versions GROUP BY agent_id HAVING count(*) = 3) v",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(three, 2000, "every agent in both batches went through both versions");
+    assert_history_holds(&store).await;
+}
+
+/// Migration 20261207000011 moves the time members and the payload's hash into the state
+/// row: `raw` reads as before, and the next fetch of the same agent finds it unchanged.
+#[tokio::test]
+async fn the_migration_moving_the_time_members_keeps_raw_and_recognizes_unchanged_agents() {
+    let name = support::fresh_database().await;
+    let pool = PgPool::connect(&support::database_url(&name)).await.unwrap();
+    let mine = MIGRATOR.iter().find(|m| m.description == "times in state").unwrap().version;
+    let previous = MIGRATOR.iter().map(|m| m.version).filter(|v| *v < mine).max().unwrap();
+    MIGRATOR.run_to(previous, &pool).await.unwrap();
+    // As the engine stored an agent before: the payload without its time members, which
+    // are in their own table, and one payload still whole from before migration 0009.
+    let fetched = agent("t1", "1", "2022-05-08T12:00:00.1234567Z");
+    sqlx::raw_sql(
+        "INSERT INTO scan_agent_state (agent_id, computer_dns_name, scanner_software_version, last_seen,
+             last_command_execution_at, first_observed_at, last_changed_at, valid_from, last_fetched_at)
+         VALUES ('t1', 'h', '1', '2022-05-08T12:00:00.123456Z', '2022-05-08T12:18:41.123456Z', now(), now(), now(), now()),
+                ('t2', 'h', '1', '2022-05-08T12:00:00Z', NULL, now(), now(), now(), now());
+         INSERT INTO scan_agent_last_seen (agent_id, last_seen, observed_at)
+         VALUES ('t1', '2022-05-08T12:00:00.123456Z', now()), ('t2', '2022-05-08T12:00:00Z', now());
+         INSERT INTO scan_agent_payloads (agent_id, raw, raw_sha256) VALUES
+             ('t1', '{\"computerDnsName\":\"h\",\"id\":\"t1\",\"scannerSoftwareVersion\":\"1\"}',
+              sha256('{\"computerDnsName\":\"h\",\"id\":\"t1\",\"scannerSoftwareVersion\":\"1\"}')),
+             ('t2', '{\"id\": \"t2\", \"lastSeen\": \"2022-05-08T12:00:00Z\"}', NULL);
+         INSERT INTO scan_agent_payload_times (agent_id, raw_times) VALUES
+             ('t1', '{\"lastCommandExecutionTimestamp\":\"2022-05-08T12:18:41.1234567Z\",\"lastSeen\":\"2022-05-08T12:00:00.1234567Z\"}');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    const RAW: &str = "SELECT array_agg(raw::text ORDER BY agent_id) FROM scan_agents";
+    let before: Vec<String> = sqlx::query_scalar(RAW).fetch_one(&pool).await.unwrap();
+
+    MIGRATOR.run(&pool).await.unwrap();
+
+    let after: Vec<String> = sqlx::query_scalar(RAW).fetch_one(&pool).await.unwrap();
+    assert_eq!(after, before, "raw reads as before");
+    let store = Store::from_pool(pool.clone());
+    let applied = store.apply(vec![fetched], &[]).await.unwrap();
+    assert_eq!(applied.diff.changed_count(), 0, "{:?}", applied.diff);
+    let rewritten: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM scan_agent_payloads p JOIN scan_agent_state s USING (agent_id)
+         WHERE p.raw_sha256 IS DISTINCT FROM s.payload_sha256",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rewritten, 0, "the state row holds the stored payload's hash");
+    let after: Vec<String> = sqlx::query_scalar(RAW).fetch_one(&pool).await.unwrap();
+    assert_eq!(after, before, "refetching the same agent changes no byte of raw");
+    assert_history_holds(&store).await;
 }

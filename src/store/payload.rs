@@ -1,19 +1,19 @@
-//! How the diff engine stores a payload (migration 20261206000009): the members that change
-//! whenever an agent reports in apart from the rest, so that reporting in rewrites a short
-//! row and not the whole payload. `raw` in the `scan_agents` view is both merged again.
+//! How the diff engine stores a payload (migrations 20261206000009 and 20261207000011): the
+//! members that change whenever an agent reports in apart from the rest, in the state row, so
+//! that reporting in does not rewrite the whole payload. `raw` in the `scan_agents` view is
+//! both merged again.
 
 /// The payload members that change whenever an agent reports in (matched as the record
-/// parser matches names, ignoring case). They are stored apart, in
-/// `scan_agent_payload_times` (migration 20261206000009), so an agent that only reported in
-/// rewrites that short row instead of its whole payload; the `scan_agents` view merges
-/// both back into `raw`.
+/// parser matches names, ignoring case). They are stored apart, in the agent's state row (`raw_times`, migration 20261207000011), so an agent that only
+/// reported in rewrites that row, which it rewrites anyway, and not its whole payload; the
+/// `scan_agents` view merges both back into `raw`.
 const TIME_MEMBERS: [&str; 2] = ["lastSeen", "lastCommandExecutionTimestamp"];
 
 /// A payload as stored: its members as received, [`TIME_MEMBERS`] apart from the rest.
 pub(super) struct PayloadText {
     /// The JSON object without the time members: `scan_agent_payloads.raw`.
     pub(super) stable: String,
-    /// A JSON object of the time members: `scan_agent_payload_times.raw_times`.
+    /// A JSON object of the time members: `scan_agent_state.raw_times`.
     pub(super) times: String,
 }
 

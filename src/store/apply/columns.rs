@@ -52,47 +52,85 @@ pub(super) struct StateColumns<'a> {
     pub(super) last_seen: Vec<DateTime<Utc>>,
     pub(super) last_command_execution_at: Vec<Option<DateTime<Utc>>>,
     pub(super) fingerprint: Vec<Vec<u8>>,
+    pub(super) raw_times: Vec<String>,
+    pub(super) payload_sha256: Vec<Vec<u8>>,
     /// Only rewrites use it: whether the attributes changed, so a new version opens.
     pub(super) new_version: Vec<bool>,
 }
 
 impl<'a> StateColumns<'a> {
-    pub(super) fn push(&mut self, record: &'a AgentRecord, fingerprint: Vec<u8>) {
+    pub(super) fn push(
+        &mut self,
+        record: &'a AgentRecord,
+        fingerprint: Vec<u8>,
+        raw_times: String,
+        sha256: Vec<u8>,
+    ) {
         self.attributes.push(record);
         self.last_seen.push(record.last_seen);
         self.last_command_execution_at.push(record.last_command_execution_at);
         self.fingerprint.push(fingerprint);
+        self.raw_times.push(raw_times);
+        self.payload_sha256.push(sha256);
     }
 
-    /// Binds the attributes, then last_seen, last_command_execution_at and fingerprint: the
-    /// first nine parameters of both statements that write whole state rows.
+    /// Binds the attributes, then last_seen, last_command_execution_at, fingerprint,
+    /// raw_times and payload_sha256: the first eleven parameters of both statements that
+    /// write whole state rows.
     pub(super) fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
         self.attributes
             .bind(query)
             .bind(&self.last_seen)
             .bind(&self.last_command_execution_at)
             .bind(&self.fingerprint)
+            .bind(&self.raw_times)
+            .bind(&self.payload_sha256)
     }
 }
 
-/// Payloads to write, one array per column.
+/// State rows of unchanged agents: the fetch stamp, and where the stored fingerprint was
+/// not the fetched one, the fingerprint and the payload's time members and hash.
+#[derive(Default)]
+pub(super) struct StampColumns<'a> {
+    pub(super) agent_id: Vec<&'a str>,
+    pub(super) fingerprint: Vec<Vec<u8>>,
+    /// `None` for an agent whose fingerprint is stored: its row holds these already.
+    pub(super) raw_times: Vec<Option<String>>,
+    pub(super) payload_sha256: Vec<Option<Vec<u8>>>,
+}
+
+impl<'a> StampColumns<'a> {
+    pub(super) fn push(
+        &mut self,
+        record: &'a AgentRecord,
+        fingerprint: Vec<u8>,
+        payload: Option<(String, Vec<u8>)>,
+    ) {
+        let (raw_times, sha256) = payload.unzip();
+        self.agent_id.push(record.id.as_str());
+        self.fingerprint.push(fingerprint);
+        self.raw_times.push(raw_times);
+        self.payload_sha256.push(sha256);
+    }
+}
+
+/// Payloads to write, one array per column: the members but the time ones, which are in
+/// the state row.
 #[derive(Default)]
 pub(super) struct PayloadColumns<'a> {
     pub(super) agent_id: Vec<&'a str>,
     pub(super) raw: Vec<String>,
     pub(super) raw_sha256: Vec<Vec<u8>>,
-    pub(super) raw_times: Vec<String>,
 }
 
 impl<'a> PayloadColumns<'a> {
-    pub(super) fn push(&mut self, record: &'a AgentRecord, raw: PayloadText, raw_sha256: Vec<u8>) {
+    pub(super) fn push(&mut self, record: &'a AgentRecord, raw: String, raw_sha256: Vec<u8>) {
         self.agent_id.push(record.id.as_str());
-        self.raw.push(raw.stable);
+        self.raw.push(raw);
         self.raw_sha256.push(raw_sha256);
-        self.raw_times.push(raw.times);
     }
 
-    /// `sql` with agent_id, raw, raw_sha256 and raw_times bound as $1 to $4, in an argument buffer
+    /// `sql` with agent_id, raw and raw_sha256 bound as $1 to $3, in an argument buffer
     /// sized for them up front: sqlx grows it by doubling, and for the 48 MB of a 100k-payload
     /// batch the copies and fresh pages took 0.13 s of the 0.2 s spent binding (measured).
     pub(super) fn bind(&self, sql: &'static str) -> PgQuery<'_> {
@@ -100,63 +138,12 @@ impl<'a> PayloadColumns<'a> {
         let bytes = self.agent_id.iter().map(|id| id.len() + 4).sum::<usize>()
             + self.raw.iter().map(|raw| raw.len() + 4).sum::<usize>()
             + self.raw_sha256.iter().map(|sha| sha.len() + 4).sum::<usize>()
-            + self.raw_times.iter().map(|times| times.len() + 4).sum::<usize>()
-            + 4 * 64;
+            + 3 * 64;
         let mut arguments = PgArguments::default();
-        arguments.reserve(4, bytes);
-        sqlx::query_with(sql, arguments)
-            .bind(&self.agent_id)
-            .bind(&self.raw)
-            .bind(&self.raw_sha256)
-            .bind(&self.raw_times)
+        arguments.reserve(3, bytes);
+        sqlx::query_with(sql, arguments).bind(&self.agent_id).bind(&self.raw).bind(&self.raw_sha256)
     }
 }
-
-/// Payloads whose members but the time ones are stored already: only those are written.
-#[derive(Default)]
-pub(super) struct TimesColumns<'a> {
-    pub(super) agent_id: Vec<&'a str>,
-    pub(super) raw_times: Vec<String>,
-}
-
-impl<'a> TimesColumns<'a> {
-    pub(super) fn push(&mut self, record: &'a AgentRecord, raw: PayloadText) {
-        self.agent_id.push(record.id.as_str());
-        self.raw_times.push(raw.times);
-    }
-}
-
-/// `$prefix` (which makes rows `u` with `agent_id` and `raw_times`), then the statement
-/// that writes each agent's time members where they differ (or are new).
-macro_rules! upsert_times {
-    ($prefix:literal) => {
-        concat!(
-            $prefix,
-            "INSERT INTO scan_agent_payload_times AS t (agent_id, raw_times)
-             SELECT u.agent_id, u.raw_times::json FROM u
-             ON CONFLICT (agent_id) DO UPDATE SET raw_times = excluded.raw_times
-             WHERE t.raw_times::text IS DISTINCT FROM excluded.raw_times::text"
-        )
-    };
-}
-pub(super) use upsert_times;
-
-/// A statement on the payloads bound as [`PayloadColumns::bind`] does, after the time
-/// members are written ([`upsert_times`]): `u` is the payloads as rows.
-macro_rules! with_payload_times {
-    ($statement:literal) => {
-        concat!(
-            upsert_times!(
-                "WITH u AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[])
-                                AS u(agent_id, raw, raw_sha256, raw_times)),
-                      times AS ("
-            ),
-            ") ",
-            $statement
-        )
-    };
-}
-pub(super) use with_payload_times;
 
 /// A statement with its parameters bound so far.
 pub(super) type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;

@@ -4,9 +4,10 @@
 //!
 //! Layout (migration 20261128000006): an agent's current state, including its current
 //! version (`version_id`, `valid_from`), its fetch stamp and its fingerprint, is a row of
-//! `scan_agent_state`; its last payload a row of `scan_agent_payloads` (its time members one
-//! of `scan_agent_payload_times`, migration 20261206000009); closed versions are
-//! rows of `scan_agent_version_history`, appended once when a version ends and never
+//! `scan_agent_state`; its last payload a row of `scan_agent_payloads`, but for the time
+//! members, which change whenever the agent reports in and are kept in the state row with
+//! the hash of the rest (`raw_times`, `payload_sha256`, migration 20261207000011); closed
+//! versions are rows of `scan_agent_version_history`, appended once when a version ends and never
 //! updated. The BI names `scan_agents` and `scan_agent_versions` are views over them.
 //!
 //! A sync cycle mostly re-fetches unchanged agents. Their state is not even read: the
@@ -37,7 +38,7 @@ mod shard;
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, Postgres, Transaction};
 
-use self::columns::{PayloadColumns, Payloads, StateColumns, TimesColumns, upsert_times, with_payload_times};
+use self::columns::{PayloadColumns, Payloads, StampColumns, StateColumns};
 use self::read::{Inspected, inspect, read_stored};
 use super::nodelay::disable_nagle;
 use super::tenant::TenantStore;
@@ -167,9 +168,9 @@ impl TenantStore {
             "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL work_mem = '256MB';
              SET LOCAL random_page_cost = 1.1",
         )
-            .execute(&mut *tx)
-            .await
-            .during("tuning the batch transaction")?;
+        .execute(&mut *tx)
+        .await
+        .during("tuning the batch transaction")?;
         // Taken after the lock, so serialized appliers get increasing timestamps.
         let applied_at: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
             .fetch_one(&mut *tx)
@@ -281,41 +282,40 @@ async fn write(
     let mut new_payloads = PayloadColumns::default();
     let mut changed_agents = StateColumns::default();
     let mut other_payloads = PayloadColumns::default();
-    let mut other_times = TimesColumns::default();
-    let mut stamped_ids: Vec<&str> = Vec::new();
-    let mut stamped_fingerprints: Vec<Vec<u8>> = Vec::new();
+    let mut stamped = StampColumns::default();
     let mut closed_versions: Vec<&str> = Vec::new();
     let mut seen_ids: Vec<&str> = Vec::new();
     let mut seen_values: Vec<DateTime<Utc>> = Vec::new();
     let payloads = payloads.text.into_iter().zip(payloads.sha256).zip(payloads.fingerprint);
     let stored = stored.known.iter().zip(stored.payload);
-    for (((record, agent), (&known, &payload_stored)), ((raw, sha256), fingerprint)) in
+    for (((record, agent), (&known, &payload_stored)), ((text, sha256), fingerprint)) in
         fetched.iter().zip(&diff.agents).zip(stored).zip(payloads)
     {
-        let mut rewrite_payload = |raw, sha256| match payload_stored {
-            true => other_times.push(record, raw),
-            false => other_payloads.push(record, raw, sha256),
+        // The payload's members but the time ones are rewritten only when not stored; the
+        // time members are in the state row.
+        let mut rewrite_payload = |stable, sha256: &Vec<u8>| {
+            if !payload_stored {
+                other_payloads.push(record, stable, sha256.clone());
+            }
         };
         // Every state row written below then holds exactly the fetched agent, present:
         // that is what its fingerprint stands for. Each is written once, stamp included, so
         // every rewrite finds room on its page (HOT).
         match agent.status {
             Status::New => {
-                new_agents.push(record, fingerprint);
-                new_payloads.push(record, raw, sha256);
+                new_payloads.push(record, text.stable, sha256.clone());
+                new_agents.push(record, fingerprint, text.times, sha256);
             }
             Status::Changed => {
-                changed_agents.push(record, fingerprint);
+                rewrite_payload(text.stable, &sha256);
+                changed_agents.push(record, fingerprint, text.times, sha256);
                 changed_agents.new_version.push(agent.attributes_changed);
-                rewrite_payload(raw, sha256);
             }
+            // A known agent's payload is stored already.
+            Status::Unchanged if known => stamped.push(record, fingerprint, None),
             Status::Unchanged => {
-                stamped_ids.push(record.id.as_str());
-                stamped_fingerprints.push(fingerprint);
-                // A known agent's payload is stored already.
-                if !known {
-                    rewrite_payload(raw, sha256);
-                }
+                rewrite_payload(text.stable, &sha256);
+                stamped.push(record, fingerprint, Some((text.times, sha256)));
             }
         }
         if agent.attributes_changed && agent.status == Status::Changed {
@@ -351,15 +351,19 @@ async fn write(
     if !changed_agents.last_seen.is_empty() {
         rewrite_agents(tx, &changed_agents, at).await?;
     }
-    if !stamped_ids.is_empty() {
-        // Unchanged agents: the fetch stamp, and the fingerprint where it was unknown.
+    if !stamped.agent_id.is_empty() {
         sqlx::query(
-            "UPDATE scan_agent_state s SET last_fetched_at = $3, fingerprint = u.fingerprint
-             FROM UNNEST($1::text[], $2::bytea[]) AS u(agent_id, fingerprint)
+            "UPDATE scan_agent_state s SET last_fetched_at = $5, fingerprint = u.fingerprint,
+                 raw_times = coalesce(u.raw_times::json, s.raw_times),
+                 payload_sha256 = coalesce(u.payload_sha256, s.payload_sha256)
+             FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::bytea[])
+                  AS u(agent_id, fingerprint, raw_times, payload_sha256)
              WHERE s.agent_id = u.agent_id",
         )
-        .bind(&stamped_ids)
-        .bind(&stamped_fingerprints)
+        .bind(&stamped.agent_id)
+        .bind(&stamped.fingerprint)
+        .bind(&stamped.raw_times)
+        .bind(&stamped.payload_sha256)
         .bind(at)
         .execute(&mut **tx)
         .await
@@ -368,24 +372,14 @@ async fn write(
     if !other_payloads.agent_id.is_empty() {
         // `raw` is not read back: a payload whose hash is unchanged is left as it is.
         other_payloads
-            .bind(with_payload_times!(
+            .bind(
                 "UPDATE scan_agent_payloads p SET raw = u.raw::json, raw_sha256 = u.raw_sha256
-                 FROM u
-                 WHERE p.agent_id = u.agent_id AND p.raw_sha256 IS DISTINCT FROM u.raw_sha256"
-            ))
+                 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(agent_id, raw, raw_sha256)
+                 WHERE p.agent_id = u.agent_id AND p.raw_sha256 IS DISTINCT FROM u.raw_sha256",
+            )
             .execute(&mut **tx)
             .await
             .during("updating changed payloads")?;
-    }
-    if !other_times.agent_id.is_empty() {
-        sqlx::query(upsert_times!(
-            "WITH u AS (SELECT * FROM UNNEST($1::text[], $2::text[]) AS u(agent_id, raw_times)) "
-        ))
-        .bind(&other_times.agent_id)
-        .bind(&other_times.raw_times)
-        .execute(&mut **tx)
-        .await
-        .during("updating the payloads' time members")?;
     }
     if !seen_ids.is_empty() {
         // A lastSeen value held before (it went back and forth) is already recorded once.
@@ -432,18 +426,25 @@ async fn insert_agents(
     let insert = sqlx::query(
         "INSERT INTO scan_agent_state (agent_id, machine_id, computer_dns_name,
              assigned_application_id, scanner_software_version, mde_client_version,
-             last_seen, last_command_execution_at, fingerprint,
+             last_seen, last_command_execution_at, fingerprint, raw_times, payload_sha256,
              first_observed_at, last_changed_at, valid_from, last_fetched_at, tenant)
-         SELECT u.*, $10, $10, $10, $10, $11
+         SELECT u.agent_id, u.machine_id, u.computer_dns_name, u.assigned_application_id,
+                u.scanner_software_version, u.mde_client_version, u.last_seen,
+                u.last_command_execution_at, u.fingerprint, u.raw_times::json, u.payload_sha256,
+                $12, $12, $12, $12, $13
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::timestamptz[], $8::timestamptz[], $9::bytea[]) AS u",
+                     $7::timestamptz[], $8::timestamptz[], $9::bytea[], $10::text[], $11::bytea[])
+              AS u(agent_id, machine_id, computer_dns_name, assigned_application_id,
+                   scanner_software_version, mde_client_version, last_seen,
+                   last_command_execution_at, fingerprint, raw_times, payload_sha256)",
     );
     rows.bind(insert).bind(at).bind(tenant).execute(&mut **tx).await.during("inserting new agents")?;
     payloads
-        .bind(with_payload_times!(
+        .bind(
             "INSERT INTO scan_agent_payloads (agent_id, raw, raw_sha256)
-             SELECT u.agent_id, u.raw::json, u.raw_sha256 FROM u"
-        ))
+             SELECT u.agent_id, u.raw::json, u.raw_sha256
+             FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(agent_id, raw, raw_sha256)",
+        )
         .execute(&mut **tx)
         .await
         .during("storing new payloads")?;
@@ -468,16 +469,19 @@ async fn rewrite_agents(
              last_seen = u.last_seen,
              last_command_execution_at = u.last_command_execution_at,
              fingerprint = u.fingerprint,
-             last_fetched_at = $11,
-             last_changed_at = $11,
+             raw_times = u.raw_times::json,
+             payload_sha256 = u.payload_sha256,
+             last_fetched_at = $13,
+             last_changed_at = $13,
              missing_since = NULL,
              version_id = CASE WHEN u.new_version THEN nextval('scan_agent_version_id_seq') ELSE s.version_id END,
-             valid_from = CASE WHEN u.new_version THEN $11 ELSE s.valid_from END
+             valid_from = CASE WHEN u.new_version THEN $13 ELSE s.valid_from END
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::timestamptz[], $8::timestamptz[], $9::bytea[], $10::bool[])
+                     $7::timestamptz[], $8::timestamptz[], $9::bytea[], $10::text[], $11::bytea[],
+                     $12::bool[])
               AS u(agent_id, machine_id, computer_dns_name, assigned_application_id,
                    scanner_software_version, mde_client_version, last_seen,
-                   last_command_execution_at, fingerprint, new_version)
+                   last_command_execution_at, fingerprint, raw_times, payload_sha256, new_version)
          WHERE s.agent_id = u.agent_id",
     );
     rows.bind(update)

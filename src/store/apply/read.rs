@@ -101,8 +101,9 @@ pub(super) struct Inspected {
     pub stored: HashMap<AgentId, StoredAgent>,
     /// Agents stamped at or after `listed_since`.
     pub refetched: usize,
-    /// Parallel to the batch: the stored payload, time members apart, has the fetched hash,
-    /// so only the time members need writing. A reported-in agent changes only those; not
+    /// Parallel to the batch: the stored payload, time members apart, has the fetched hash
+    /// (the state row's `payload_sha256` says so, no probe of the payloads), so only the
+    /// time members need writing. A reported-in agent changes only those; not
     /// sending their unchanged payloads took a tenth off a 100k list cycle's statements and
     /// 7 MiB off its peak (BENCHMARKS.md, "Big fleets").
     pub payload_stored: Vec<bool>,
@@ -139,10 +140,8 @@ pub(super) async fn inspect(
              CASE WHEN s.fingerprint = u.fingerprint THEN NULL ELSE s.missing_since END
                  AS missing_since,
              s.last_fetched_at >= $3 AS again,
-             -- A probe per agent: a join would hash the whole payload table for each page.
-             (SELECT p.raw_sha256 = u.raw_sha256 FROM scan_agent_payloads p
-              WHERE p.agent_id = u.agent_id AND s.fingerprint IS DISTINCT FROM u.fingerprint)
-                 AS payload_stored,
+             CASE WHEN s.fingerprint IS DISTINCT FROM u.fingerprint
+                  THEN s.payload_sha256 = u.raw_sha256 END AS payload_stored,
              nullif(s.tenant, $5) AS other_tenant
          FROM UNNEST($1::text[], $2::bytea[], $4::bytea[])
               WITH ORDINALITY AS u(agent_id, fingerprint, raw_sha256, position)
