@@ -64,6 +64,6 @@ pub(super) fn merge(parts: Vec<Applied>, positions: &HashMap<AgentId, usize>) ->
         merged.refused.append(&mut applied.refused);
         merged.diff.agents.append(&mut applied.diff.agents);
     }
-    merged.diff.agents.sort_unstable_by_key(|agent| positions[&agent.id]);
+    merged.diff.agents.sort_by_cached_key(|agent| positions[&agent.id]);
     merged
 }
