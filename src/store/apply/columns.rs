@@ -161,11 +161,11 @@ impl Payloads {
     /// Batches smaller than this are serialized on one thread: starting another costs more.
     const PARALLEL_FROM: usize = 1_000;
 
-    /// [`Payloads::take_serially`] on one thread per core: every batch waits for its hashes
-    /// before its first statement, and 100k payloads take a quarter of a second on one core.
-    pub(super) fn take(fetched: &mut [AgentRecord]) -> Payloads {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if threads == 1 || fetched.len() < Self::PARALLEL_FROM {
+    /// [`Payloads::take_serially`] on up to `threads` threads: every batch waits for its
+    /// hashes before its first statement, and 100k payloads take a quarter of a second on one
+    /// core.
+    pub(super) fn take(fetched: &mut [AgentRecord], threads: usize) -> Payloads {
+        if threads <= 1 || fetched.len() < Self::PARALLEL_FROM {
             return Payloads::take_serially(fetched);
         }
         let count = fetched.len();

@@ -120,19 +120,14 @@ impl TenantStore {
         if fetched.len() < shard::SHARD_FROM || !missing.is_empty() {
             return self.apply_part(fetched, missing, listed_since, Lock::Whole).await;
         }
-        let (parts, positions) = shard::split(fetched);
-        let mut applying = tokio::task::JoinSet::new();
-        for (k, part) in parts.into_iter().enumerate() {
-            let store = self.clone();
-            applying.spawn(async move { store.apply_part(part, &[], listed_since, Lock::Shard(k)).await });
-        }
-        // Dropping the set on an error aborts the other parts, rolling back what they did
-        // not commit yet.
-        let mut applied = Vec::with_capacity(shard::SHARDS);
-        while let Some(part) = applying.join_next().await {
-            applied.push(part.expect("applying a part cannot panic")?);
-        }
-        Ok(shard::merge(applied, &positions))
+        let ([first, second], positions) = shard::split(fetched);
+        // Both in this task: each waits on PostgreSQL, not on this process. On an error the
+        // other part is dropped, rolling back what it did not commit yet.
+        let (first, second) = tokio::try_join!(
+            self.apply_part(first, &[], listed_since, Lock::Shard(0)),
+            self.apply_part(second, &[], listed_since, Lock::Shard(1)),
+        )?;
+        Ok(shard::merge([first, second], &positions))
     }
 
     /// Applies a deduplicated batch, or one shard's part of one, in one transaction.
@@ -146,9 +141,15 @@ impl TenantStore {
         let big = fetched.len() >= BIG_BATCH;
         // Serializing and hashing 100k payloads, and freeing their parsed form, takes a
         // few tenths of a second; on a blocking thread it overlaps opening the transaction.
+        // On a thread per core, shared by the parts of a batch applied in shards.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = match lock {
+            Lock::Whole => cores,
+            Lock::Shard(_) => cores.div_ceil(shard::SHARDS),
+        };
         let hashing = tokio::task::spawn_blocking(move || {
             let mut fetched = fetched;
-            let payloads = Payloads::take(&mut fetched);
+            let payloads = Payloads::take(&mut fetched, threads);
             (fetched, payloads)
         });
         let mut conn = self.store.pool.acquire().await.during("connecting to apply a batch")?;

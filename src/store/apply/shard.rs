@@ -42,9 +42,9 @@ fn shard_of(id: &AgentId) -> usize {
 
 /// Splits a deduplicated batch into one part per shard, each in batch order, and returns
 /// each agent's position in the batch, for [`merge`].
-pub(super) fn split(fetched: Vec<AgentRecord>) -> (Vec<Vec<AgentRecord>>, HashMap<AgentId, usize>) {
-    let mut parts: Vec<Vec<AgentRecord>> =
-        (0..SHARDS).map(|_| Vec::with_capacity(fetched.len() / SHARDS + 1)).collect();
+pub(super) fn split(fetched: Vec<AgentRecord>) -> ([Vec<AgentRecord>; SHARDS], HashMap<AgentId, usize>) {
+    let mut parts: [Vec<AgentRecord>; SHARDS] =
+        std::array::from_fn(|_| Vec::with_capacity(fetched.len() / SHARDS + 1));
     let mut positions = HashMap::with_capacity(fetched.len());
     for (position, record) in fetched.into_iter().enumerate() {
         positions.insert(record.id.clone(), position);
@@ -55,7 +55,7 @@ pub(super) fn split(fetched: Vec<AgentRecord>) -> (Vec<Vec<AgentRecord>>, HashMa
 
 /// Joins what each part applied into what the whole batch did, its agents' diffs back in
 /// batch order. The batch's time is its latest part's.
-pub(super) fn merge(parts: Vec<Applied>, positions: &HashMap<AgentId, usize>) -> Applied {
+pub(super) fn merge(parts: [Applied; SHARDS], positions: &HashMap<AgentId, usize>) -> Applied {
     let mut parts = parts.into_iter();
     let mut merged = parts.next().expect("a batch has at least one part");
     for mut applied in parts {
