@@ -15,6 +15,8 @@
 # line), so the figures are the service's; ALLOCATOR_ENV overrides them ("" for none).
 #
 # Usage: AGENTS=100000 CYCLES=4 scripts/big_fleet.sh   (defaults shown)
+#        BINARY=/path/to/scan-agent-sync scripts/big_fleet.sh   (a build to compare, e.g. of
+#        another commit, instead of this checkout's)
 # Needs: cargo, curl, python3, psql, /usr/bin/time, and PostgreSQL at DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres) where this user may CREATE DATABASE.
 # Honours CARGO_TARGET_DIR for where the release binary is built.
@@ -28,6 +30,7 @@ admin_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 # shellcheck source=scripts/fixture.sh
 source "$repo/scripts/fixture.sh"
 build_binary
+if [[ -n ${BINARY:-} ]]; then binary=$BINARY; fi
 start_simulator --agents "$agents" --page-size 10000 --evolve-every 5s --upgrade-share 0.01 \
     --window 100000/1m
 create_database sas_fleet

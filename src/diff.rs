@@ -196,16 +196,15 @@ impl Diff {
 /// Keeps the last occurrence of each ID: pages fetched while the list changes may repeat
 /// an agent, and the later copy is the fresher one.
 pub fn dedup_batch(fetched: Vec<AgentRecord>) -> Vec<AgentRecord> {
-    let mut last_index: HashMap<AgentId, usize> = HashMap::with_capacity(fetched.len());
-    for (i, record) in fetched.iter().enumerate() {
-        last_index.insert(record.id.clone(), i);
-    }
-    fetched
-        .into_iter()
-        .enumerate()
-        .filter(|(i, record)| last_index.get(&record.id) == Some(i))
-        .map(|(_, record)| record)
-        .collect()
+    // Borrowed IDs: a list page's are a megabyte cloned, held next to the page.
+    let keep: Vec<bool> = {
+        let mut last_index: HashMap<&str, usize> = HashMap::with_capacity(fetched.len());
+        for (i, record) in fetched.iter().enumerate() {
+            last_index.insert(record.id.as_str(), i);
+        }
+        fetched.iter().enumerate().map(|(i, record)| last_index[record.id.as_str()] == i).collect()
+    };
+    fetched.into_iter().zip(keep).filter_map(|(record, keep)| keep.then_some(record)).collect()
 }
 
 fn compare(old: &StoredAgent, new: &AgentRecord) -> AgentDiff {

@@ -51,6 +51,8 @@ use crate::tenant_name::TenantName;
 /// The outcome of applying one batch.
 #[derive(Debug, Clone)]
 pub struct Applied {
+    /// What the batch changed. Its agents are in batch order, except for a batch applied in
+    /// parts ([`shard`]), whose agents come part after part, each part's in batch order.
     pub diff: Diff,
     /// The database time the batch was applied at: `valid_from`, `observed_at`,
     /// `last_fetched_at`. A batch applied in parts ([`shard`]) has one per part; this is
@@ -120,14 +122,14 @@ impl TenantStore {
         if fetched.len() < shard::SHARD_FROM || !missing.is_empty() {
             return self.apply_part(fetched, missing, listed_since, Lock::Whole).await;
         }
-        let ([first, second], positions) = shard::split(fetched);
+        let [first, second] = shard::split(fetched);
         // Both in this task: each waits on PostgreSQL, not on this process. On an error the
         // other part is dropped, rolling back what it did not commit yet.
         let (first, second) = tokio::try_join!(
             self.apply_part(first, &[], listed_since, Lock::Shard(0)),
             self.apply_part(second, &[], listed_since, Lock::Shard(1)),
         )?;
-        Ok(shard::merge([first, second], &positions))
+        Ok(shard::merge([first, second]))
     }
 
     /// Applies a deduplicated batch, or one shard's part of one, in one transaction.

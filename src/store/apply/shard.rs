@@ -12,8 +12,6 @@
 //! A crash between the parts' commits leaves some of the batch's agents applied and the
 //! rest not, as a crash between two list pages does: every agent's rows stay consistent.
 
-use std::collections::HashMap;
-
 use sha2::{Digest, Sha256};
 
 use super::Applied;
@@ -40,22 +38,21 @@ fn shard_of(id: &AgentId) -> usize {
     usize::from(Sha256::digest(id.as_str().as_bytes())[0]) % SHARDS
 }
 
-/// Splits a deduplicated batch into one part per shard, each in batch order, and returns
-/// each agent's position in the batch, for [`merge`].
-pub(super) fn split(fetched: Vec<AgentRecord>) -> ([Vec<AgentRecord>; SHARDS], HashMap<AgentId, usize>) {
+/// Splits a deduplicated batch into one part per shard, each in batch order.
+pub(super) fn split(fetched: Vec<AgentRecord>) -> [Vec<AgentRecord>; SHARDS] {
     let mut parts: [Vec<AgentRecord>; SHARDS] =
         std::array::from_fn(|_| Vec::with_capacity(fetched.len() / SHARDS + 1));
-    let mut positions = HashMap::with_capacity(fetched.len());
-    for (position, record) in fetched.into_iter().enumerate() {
-        positions.insert(record.id.clone(), position);
+    for record in fetched {
         parts[shard_of(&record.id)].push(record);
     }
-    (parts, positions)
+    parts
 }
 
-/// Joins what each part applied into what the whole batch did, its agents' diffs back in
-/// batch order. The batch's time is its latest part's.
-pub(super) fn merge(parts: [Applied; SHARDS], positions: &HashMap<AgentId, usize>) -> Applied {
+/// Joins what each part applied into what the whole batch did: the agents' diffs part after
+/// part, each part's in batch order (putting them back in batch order would hold every ID
+/// of the page a second time, at the peak of the cycle's memory). The batch's time is its
+/// latest part's.
+pub(super) fn merge(parts: [Applied; SHARDS]) -> Applied {
     let mut parts = parts.into_iter();
     let mut merged = parts.next().expect("a batch has at least one part");
     for mut applied in parts {
@@ -64,6 +61,5 @@ pub(super) fn merge(parts: [Applied; SHARDS], positions: &HashMap<AgentId, usize
         merged.refused.append(&mut applied.refused);
         merged.diff.agents.append(&mut applied.diff.agents);
     }
-    merged.diff.agents.sort_by_cached_key(|agent| positions[&agent.id]);
     merged
 }
