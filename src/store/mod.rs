@@ -230,8 +230,11 @@ mod tests {
     #[test]
     fn advisory_lock_keys_are_distinct() {
         // ledger::LEDGER_LOCK is a pair of 32-bit keys, a separate key space.
-        let keys = [APPLY_LOCK, leader_lock::LEADER_LOCK, alerts::ALERT_LOCK];
-        let distinct: HashSet<i64> = keys.into_iter().collect();
+        let keys: Vec<i64> = [APPLY_LOCK, leader_lock::LEADER_LOCK, alerts::ALERT_LOCK]
+            .into_iter()
+            .chain(apply::shard_locks())
+            .collect();
+        let distinct: HashSet<i64> = keys.iter().copied().collect();
         assert_eq!(distinct.len(), keys.len());
     }
 }

@@ -24,25 +24,29 @@
 //! the batch holds that is stored under another tenant is taken out of the batch before
 //! anything is written and returned as [`Refused`]: an agent's tenant never changes.
 //!
-//! Concurrency: the transaction first takes the [`APPLY_LOCK`] advisory lock and only then
+//! Concurrency: the transaction first takes the [`APPLY_LOCK`](super::APPLY_LOCK) advisory lock and only then
 //! reads current state and picks its timestamp, so two appliers run strictly one after the
 //! other and end with the same history as one applying both batches in order. A big batch
 //! is applied in parts, one per shard of agents, side by side on their own connections;
 //! each part locks only its shard, so appliers of one agent still run in sequence
-//! ([`shard`]). A dropped connection rolls its transaction back.
+//! (module `shard`). A dropped connection rolls its transaction back.
 
 mod columns;
 mod read;
 mod shard;
+
+#[cfg(test)]
+pub(super) use self::shard::shard_locks;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, Postgres, Transaction};
 
 use self::columns::{PayloadColumns, Payloads, StampColumns, StateColumns};
 use self::read::{Inspected, inspect, read_stored};
+use self::shard::Lock;
 use super::nodelay::disable_nagle;
 use super::tenant::TenantStore;
-use super::{APPLY_LOCK, QueryContext, Store, StoreError};
+use super::{QueryContext, Store, StoreError};
 use crate::agent::AgentRecord;
 use crate::agent_id::AgentId;
 use crate::diff::{Diff, Status, dedup_batch};
@@ -52,10 +56,10 @@ use crate::tenant_name::TenantName;
 #[derive(Debug, Clone)]
 pub struct Applied {
     /// What the batch changed. Its agents are in batch order, except for a batch applied in
-    /// parts ([`shard`]), whose agents come part after part, each part's in batch order.
+    /// parts (module `shard`), whose agents come part after part, each part's in batch order.
     pub diff: Diff,
     /// The database time the batch was applied at: `valid_from`, `observed_at`,
-    /// `last_fetched_at`. A batch applied in parts ([`shard`]) has one per part; this is
+    /// `last_fetched_at`. A batch applied in parts (module `shard`) has one per part; this is
     /// the latest.
     pub applied_at: DateTime<Utc>,
     /// Agents of the batch fetched already since the listing began ([`TenantStore::apply_page`]).
@@ -194,39 +198,6 @@ impl TenantStore {
             let _ = conn.close().await;
         }
         Ok(Applied { diff, applied_at, refetched: inspected.refetched, refused })
-    }
-}
-
-/// The advisory lock a batch's transaction takes before it reads anything.
-enum Lock {
-    /// [`APPLY_LOCK`]: no other applier runs meanwhile.
-    Whole,
-    /// `APPLY_LOCK` shared, then the shard's own lock ([`shard`]): only appliers of the
-    /// shard's agents, and statements that take `APPLY_LOCK` alone, wait.
-    Shard(usize),
-}
-
-impl Lock {
-    async fn take(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
-        // Shared first, always: an applier then never holds a shard while it waits for the
-        // statements that take `APPLY_LOCK` alone, so none of them can deadlock.
-        let key = match self {
-            Lock::Whole => APPLY_LOCK,
-            Lock::Shard(k) => {
-                sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-                    .bind(APPLY_LOCK)
-                    .execute(&mut **tx)
-                    .await
-                    .during("waiting for the apply lock")?;
-                shard::shard_lock(k)
-            }
-        };
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(key)
-            .execute(&mut **tx)
-            .await
-            .during("waiting for the apply lock")?;
-        Ok(())
     }
 }
 

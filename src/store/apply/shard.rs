@@ -13,7 +13,9 @@
 //! rest not, as a crash between two list pages does: every agent's rows stay consistent.
 
 use sha2::{Digest, Sha256};
+use sqlx::{Postgres, Transaction};
 
+use super::super::{APPLY_LOCK, QueryContext, StoreError};
 use super::Applied;
 use crate::agent::AgentRecord;
 use crate::agent_id::AgentId;
@@ -29,7 +31,46 @@ pub(super) const SHARDS: usize = 2;
 /// The advisory lock of shard `k`: `APPLY_LOCK` in the high 32 bits, so it clashes with no
 /// other key (`store::tests::advisory_lock_keys_are_distinct`).
 pub(super) fn shard_lock(k: usize) -> i64 {
-    (super::APPLY_LOCK << 32) | i64::try_from(k).expect("a shard number fits")
+    (APPLY_LOCK << 32) | i64::try_from(k).expect("a shard number fits")
+}
+
+/// The shards' advisory lock keys, for the check that no two keys of the store clash.
+#[cfg(test)]
+pub(in crate::store) fn shard_locks() -> impl Iterator<Item = i64> {
+    (0..SHARDS).map(shard_lock)
+}
+
+/// The advisory lock a batch's transaction takes before it reads anything.
+pub(super) enum Lock {
+    /// [`APPLY_LOCK`]: no other applier runs meanwhile.
+    Whole,
+    /// `APPLY_LOCK` shared, then the shard's own lock (this module): only appliers of the
+    /// shard's agents, and statements that take `APPLY_LOCK` alone, wait.
+    Shard(usize),
+}
+
+impl Lock {
+    pub(super) async fn take(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        // Shared first, always: an applier then never holds a shard while it waits for the
+        // statements that take `APPLY_LOCK` alone, so none of them can deadlock.
+        let key = match self {
+            Lock::Whole => APPLY_LOCK,
+            Lock::Shard(k) => {
+                sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+                    .bind(APPLY_LOCK)
+                    .execute(&mut **tx)
+                    .await
+                    .during("waiting for the apply lock")?;
+                shard_lock(k)
+            }
+        };
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(key)
+            .execute(&mut **tx)
+            .await
+            .during("waiting for the apply lock")?;
+        Ok(())
+    }
 }
 
 /// The shard of an agent: from a hash of its ID that no process or version computes
