@@ -155,13 +155,80 @@ async fn a_budget_short_of_the_list_defers_the_rest_and_rotates_least_recently_f
     let first = syncer.run_cycle(&targets, &options()).await.unwrap();
     assert_eq!((first.status, first.fetched, first.deferred), (RunStatus::Ok, 5, 3));
     // A fresh hour for the second cycle: the three never fetched go first.
-    sqlx::query("UPDATE api_calls SET called_at = called_at - interval '2 hours'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    next_hour(&pool).await;
     let second = syncer.run_cycle(&targets, &options()).await.unwrap();
     assert_eq!(second.changes.new, 3, "the deferred agents are fetched before the others");
     assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents").await, 8);
+}
+
+/// Moves the ledger two hours back: the next cycle finds an hour window with nothing in it.
+async fn next_hour(pool: &PgPool) {
+    sqlx::query("UPDATE api_calls SET called_at = called_at - interval '2 hours'")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// The agent IDs of the by-ID requests in `log`, in the order they arrived.
+fn asked(log: &[simulator::LoggedRequest]) -> Vec<String> {
+    log.iter()
+        .filter(|r| r.kind == simulator::EndpointKind::ById)
+        .map(|r| r.path_and_query.rsplit('/').next().unwrap().to_owned())
+        .collect()
+}
+
+/// A 404 counts as a fetch when a cycle orders its IDs, so IDs known to be gone (never
+/// stored, or stored and then marked missing) take their turn in the rotation instead of
+/// going first in every cycle and using up budget meant for the live agents. They are
+/// still asked once per rotation: an agent that comes back is found.
+#[tokio::test]
+async fn ids_that_answer_404_wait_their_turn_in_the_rotation() {
+    let sim = sim(10).await;
+    let pool = support::fresh_pool().await;
+    let syncer = syncer(&config(&sim, "by-id", "[{ calls = 4, per = \"1h\" }]"), &pool);
+    let live = ids(&sim);
+    let never_stored = ["gone-1", "gone-2"].map(|id| AgentId::parse(id).unwrap());
+    let targets = Targets { ids: [live.clone(), never_stored.to_vec()].concat(), track_all: false };
+    // The budget runs out at once, without waiting for the next hour.
+    let options =
+        || CycleOptions { deadline: Some(Instant::now() + Duration::from_secs(30)), ..Default::default() };
+
+    // 12 IDs at 4 a cycle: a rotation is three cycles. An agent stored in the first is
+    // deleted after it, so it answers 404 from the fourth on and is marked missing.
+    let mut cycles: Vec<Vec<String>> = Vec::new();
+    for cycle in 0..9 {
+        if cycle == 1 {
+            assert!(sim.delete(live[1].as_str()));
+        }
+        let before = sim.request_log().len();
+        let report = syncer.run_cycle(&targets, &options()).await.unwrap();
+        assert_eq!((report.status, report.api_calls, report.deferred), (RunStatus::Ok, 4, 8), "{report}");
+        cycles.push(asked(&sim.request_log()[before..]));
+        next_hour(&pool).await;
+    }
+    let mut every_id: Vec<String> = targets.ids.iter().map(ToString::to_string).collect();
+    every_id.sort();
+    for (first, rotation) in cycles.windows(3).enumerate() {
+        let mut rotation = rotation.concat();
+        rotation.sort();
+        assert_eq!(rotation, every_id, "cycles {first} to {} ask every ID once: {cycles:?}", first + 2);
+    }
+    let missing = "SELECT count(*) FROM scan_agents WHERE missing_since IS NOT NULL";
+    assert_eq!(scalar(&pool, missing).await, 1);
+
+    // The deleted agent comes back and gone-2 is no longer configured: the agent is found
+    // within a rotation and un-marked, and neither keeps a 404 stamp.
+    assert!(sim.restore(live[1].as_str()));
+    let targets = Targets { ids: targets.ids[..11].to_vec(), ..targets };
+    for _ in 0..3 {
+        syncer.run_cycle(&targets, &options()).await.unwrap();
+        next_hour(&pool).await;
+    }
+    assert_eq!(scalar(&pool, missing).await, 0);
+    syncer.store.forget_not_found(&targets.ids).await.unwrap();
+    let stamped: Vec<String> =
+        sqlx::query_scalar("SELECT agent_id FROM scan_agent_not_found").fetch_all(&pool).await.unwrap();
+    assert_eq!(stamped, ["gone-1"]);
 }
 
 #[tokio::test]

@@ -109,7 +109,8 @@ impl Syncer {
     }
 
     /// Marks the agents that answered 404, unless the guard refuses: when most answers are
-    /// 404, a wrong URL or tenant is likelier than a vanished fleet.
+    /// 404, a wrong URL or tenant is likelier than a vanished fleet. Either way their 404s
+    /// count as fetches for the order of the next cycles.
     async fn mark_not_found(
         &self,
         not_found: Vec<AgentId>,
@@ -133,6 +134,12 @@ impl Syncer {
                 Ok(())
             }
             Verdict::Refuse { error, alert } => {
+                if !options.dry_run {
+                    // Unstamped, IDs that the guard refused would go first again in every
+                    // cycle: with as many as a cycle's budget, every cycle would ask only them,
+                    // be refused again, and never reach the others.
+                    self.store.stamp_not_found(&not_found).await?;
+                }
                 self.refuse_missing(error, alert, (vanishing, answered), since, options, progress).await
             }
         }

@@ -149,6 +149,9 @@ impl Syncer {
             let known: HashSet<AgentId> = ids.iter().cloned().collect();
             ids.extend(self.store.stored_ids().await?.into_iter().filter(|id| !known.contains(id)));
         }
+        if !options.dry_run {
+            self.store.forget_not_found(&ids).await?;
+        }
         let ids = self.store.fetch_order(&ids).await?;
         let requested = ids.len();
         let run_id = match options.dry_run {
