@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use scan_agent_sync::agent_id::AgentId;
 use scan_agent_sync::config::{FetchMode, Settings};
+use scan_agent_sync::rate_window::RateWindow;
+use scan_agent_sync::scheduler::Interval;
 use scan_agent_sync::simulator::{self, Faults, SimulatorHandle, SimulatorOptions};
 use scan_agent_sync::store::Store;
 use scan_agent_sync::store::runs::RunStatus;
@@ -231,6 +233,65 @@ async fn ids_that_answer_404_wait_their_turn_in_the_rotation() {
     assert_eq!(stamped, ["gone-1"]);
 }
 
+/// A by-ID fleet larger than the longest window's calls is paced: each cycle asks for its
+/// interval's share of the sustained rate, so every agent comes round after the same number
+/// of cycles. Unpaced, a cycle with time to spare would take the whole window in one burst.
+/// The intervals are given, not waited for: the counts cannot depend on the machine's speed.
+#[tokio::test]
+async fn a_fleet_larger_than_the_longest_window_is_paced_to_its_sustained_rate() {
+    let windows = ["20/500ms", "60/3s"].map(|w| RateWindow::parse_compact(w).unwrap());
+    let sim =
+        simulator::start(SimulatorOptions { windows: windows.to_vec(), ..SimulatorOptions::frozen(70) })
+            .await
+            .unwrap();
+    let pool = support::fresh_pool().await;
+    let windows = "[{ calls = 20, per = \"500ms\" }, { calls = 60, per = \"3s\" }]";
+    let syncer = syncer(&config(&sim, "by-id", windows), &pool);
+    let all = ids(&sim);
+    // Half-second intervals on the windows' clock: 60 per 3 s is 10 per interval, 20 per
+    // 500 ms allows 20; the smaller binds.
+    let start = chrono::DateTime::from_timestamp(1_796_000_400, 0).unwrap();
+    let options = |cycle: i32| CycleOptions {
+        deadline: Some(Instant::now() + Duration::from_secs(60)),
+        interval: Some(Interval {
+            from: start + chrono::Duration::milliseconds(500) * cycle,
+            to: start + chrono::Duration::milliseconds(500) * (cycle + 1),
+        }),
+        ..Default::default()
+    };
+
+    // 60 agents fit in the longest window: not paced.
+    let fits = Targets { ids: all[..60].to_vec(), track_all: false };
+    let report = syncer.run_cycle(&fits, &options(0)).await.unwrap();
+    assert_eq!((report.pace, report.fetched, report.deferred), (None, 60, 0), "{report}");
+
+    let targets = Targets { ids: all.clone(), track_all: false };
+    // The daemon between ticks stands for none of the interval: a paced fleet waits.
+    let resumed = CycleOptions { interval: Some(Interval { from: start, to: start }), ..options(0) };
+    let report = syncer.run_cycle(&targets, &resumed).await.unwrap();
+    assert_eq!((report.status, report.pace, report.api_calls), (RunStatus::Ok, Some(0), 0), "{report}");
+
+    let mut cycles: Vec<Vec<String>> = Vec::new();
+    for cycle in 1..=15 {
+        let before = sim.request_log().len();
+        let report = syncer.run_cycle(&targets, &options(cycle)).await.unwrap();
+        assert_eq!(
+            (report.status, report.pace, report.api_calls, report.deferred),
+            (RunStatus::Ok, Some(10), 10, 60),
+            "{report}"
+        );
+        assert!(report.to_string().contains("paced: at most 10 agents"), "{report}");
+        cycles.push(asked(&sim.request_log()[before..]));
+    }
+    // Every agent is asked every seventh cycle (70 / 10), never sooner or later.
+    for id in &all {
+        let at: Vec<usize> = (0..cycles.len()).filter(|&c| cycles[c].contains(&id.to_string())).collect();
+        assert!(at.len() >= 2, "{id} asked in cycles {at:?}");
+        assert!(at.windows(2).all(|pair| pair[1] - pair[0] == 7), "{id} asked in cycles {at:?}");
+    }
+    assert_eq!(sim.stats().throttled, 0);
+}
+
 #[tokio::test]
 async fn dry_run_prints_the_diff_and_writes_only_the_ledger() {
     let sim = sim(5).await;
@@ -259,7 +320,7 @@ async fn two_sync_processes_at_once_stay_within_every_window() {
     let sim = simulator::start(SimulatorOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         agents: 30,
-        windows: vec![scan_agent_sync::rate_window::RateWindow::parse_compact("10/1s").unwrap()],
+        windows: vec![RateWindow::parse_compact("10/1s").unwrap()],
         evolve_every: Duration::ZERO,
         ..SimulatorOptions::default()
     })
