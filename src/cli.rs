@@ -257,8 +257,10 @@ async fn run(globals: &Globals) -> Result<ExitCode, Failure> {
 }
 
 /// `sync [--dry-run]`: one cycle now per tenant, the tenants' cycles side by side, each
-/// bounded like a scheduled one (no request starts after the next scheduled tick), then a
-/// summary per tenant. Exit 0 all fetched, 2 partial, 1 nothing.
+/// bounded and paced like a scheduled one (no request starts after the next scheduled tick;
+/// a by-ID fleet larger than the longest window takes the share of what is left of the
+/// interval, `Start::Now`), then a summary per tenant. Exit 0 all fetched, 2 partial, 1
+/// nothing.
 async fn sync(globals: &Globals, args: SyncArgs) -> Result<ExitCode, Failure> {
     let settings = globals.configure()?;
     let selection = settings.select_tenants(&args.tenants)?;
@@ -270,18 +272,12 @@ async fn sync(globals: &Globals, args: SyncArgs) -> Result<ExitCode, Failure> {
         // A dry run writes nothing but the ledger, so it expects an already migrated schema.
         store.migrate().await?;
     }
-    let now = chrono::Utc::now();
-    let deadline = settings
-        .schedule
-        .next_tick(now)
-        .and_then(|next| (next - now).to_std().ok())
-        .map(|left| tokio::time::Instant::now() + left);
     let cancel = tokio_util::sync::CancellationToken::new();
     let options = CycleOptions {
         dry_run: args.dry_run,
-        deadline,
         cancel: cancel.clone(),
         accept_mass_missing: args.accept_mass_missing,
+        ..CycleOptions::scheduled(&settings.schedule, crate::scheduler::Start::Now)
     };
     let interrupt = tokio::spawn(async move {
         shutdown_signal().await;

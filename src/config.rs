@@ -99,7 +99,7 @@ impl ScheduleSettings {
 }
 
 /// The cron parser configured as tokio-cron-scheduler configures it (seconds required).
-fn cron_parser() -> croner::parser::CronParser {
+pub(crate) fn cron_parser() -> croner::parser::CronParser {
     croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Required).dom_and_dow(true).build()
 }
 

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 /// A sliding rate window, shared by the budget (which obeys it) and the simulator (which enforces it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +45,21 @@ impl RateWindow {
     pub fn label(&self) -> String {
         format!("{}/{}", self.calls, humantime::format_duration(self.per))
     }
+
+    /// This window's sustained share of `from..to`: the calls that `calls` per `per`, kept up
+    /// without a pause, counts from the Unix epoch to `to`, minus those up to `from`, in whole
+    /// calls. Counting on one clock rather than rounding each span makes consecutive spans'
+    /// shares add up to exactly the rate, with nothing carried from one cycle to the next: a
+    /// 10-second schedule under 1,500/1h gets 4 or 5 calls a cycle, 1,500 an hour.
+    pub fn share(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+        let per = i128::try_from(self.per.as_nanos()).unwrap_or(i128::MAX).max(1);
+        let counted = |at: DateTime<Utc>| {
+            let since_epoch =
+                i128::from(at.timestamp()) * 1_000_000_000 + i128::from(at.timestamp_subsec_nanos());
+            (i128::from(self.calls) * since_epoch).div_euclid(per)
+        };
+        u64::try_from(counted(to) - counted(from)).unwrap_or(0)
+    }
 }
 
 #[cfg(test)]
@@ -57,5 +74,18 @@ mod tests {
         assert!(RateWindow::parse_compact("0/1m").is_err());
         assert!(RateWindow::parse_compact("10").is_err());
         assert!(RateWindow::parse_compact("10/forever").is_err());
+    }
+
+    #[test]
+    fn consecutive_shares_add_up_to_the_sustained_rate() {
+        let hour = RateWindow { calls: 1500, per: Duration::from_secs(3600) };
+        let at = |secs: i64| DateTime::from_timestamp(1_796_000_400 + secs, 0).unwrap();
+        assert_eq!(hour.share(at(0), at(900)), 375, "a quarter of an hour on the quarter");
+        assert_eq!(hour.share(at(0), at(0)), 0);
+        let ten_seconds: Vec<u64> = (0..360).map(|i| hour.share(at(i * 10), at(i * 10 + 10))).collect();
+        assert!(ten_seconds.iter().all(|&n| n == 4 || n == 5), "{ten_seconds:?}");
+        assert_eq!(ten_seconds.iter().sum::<u64>(), 1500);
+        let minute = RateWindow { calls: 100, per: Duration::from_secs(60) };
+        assert_eq!(minute.share(at(7), at(67)), 100, "a whole window is its calls wherever it starts");
     }
 }

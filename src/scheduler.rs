@@ -6,9 +6,61 @@
 
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Timelike, Utc};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+
+use crate::config::{ScheduleSettings, cron_parser};
+
+/// The part of the schedule a cycle stands for, up to the next tick. A by-ID cycle paces
+/// itself to its share of it (`Syncer::pace`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+/// What started a cycle, which decides how much of its interval it stands for.
+///
+/// A paced cycle's calls need the budget slots that the calls one longest window earlier
+/// free, so where in its interval a cycle spends its share repeats, one window later, in
+/// the cycle of that time. Spent late in an interval, the share makes those later cycles
+/// wait as long, and the budget's guard (0.5% of a window, at most 1 s) adds to the wait
+/// every window, until one runs into its deadline and leaves agents a cycle behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A tick, or a tick that waited for the previous cycle: the whole interval from that
+    /// tick, however late after it the cycle starts (the scheduler polls every 500 ms).
+    Tick,
+    /// The daemon between ticks (at its start, or for a tenant it newly holds): none of the
+    /// interval. A paced fleet waits for the next tick; any other syncs at once, as before.
+    Resume,
+    /// `sync` by hand: what is left of the interval. The user asked for a cycle now, and it
+    /// takes no more than that part of the schedule sustains.
+    Now,
+}
+
+impl Interval {
+    /// The part of the interval of `schedule` around `at` that a cycle started by `start`
+    /// stands for: up to the first tick after `at`, from the last tick at or before it
+    /// ([`Start::Tick`]), from `at` ([`Start::Now`]), or from that next tick, which leaves
+    /// nothing ([`Start::Resume`]). None when the expression has no tick on either side.
+    pub fn of(schedule: &ScheduleSettings, at: DateTime<Utc>, start: Start) -> Option<Interval> {
+        // From the whole second: croner keeps the fraction of the time it starts from, and
+        // the shares of intervals shifted by each cycle's start would not add up to the rate.
+        let second = at.with_nanosecond(0)?;
+        let to = schedule.next_tick(second)?;
+        let from = match start {
+            Start::Tick => {
+                cron_parser().parse(&schedule.cron).ok()?.find_previous_occurrence(&second, true).ok()?
+            }
+            Start::Resume => to,
+            Start::Now => at,
+        };
+        Some(Interval { from, to })
+    }
+}
 
 /// The running schedule; dropping it does not stop it, [`Schedule::stop`] does.
 pub struct Schedule {
@@ -114,6 +166,20 @@ mod tests {
             .await
             .expect("ticks resume after the cycle");
         schedule.stop().await;
+    }
+
+    #[test]
+    fn a_cycle_stands_for_its_interval_the_rest_of_it_or_none_of_it() {
+        let quarter = ScheduleSettings::default();
+        let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
+        let ticked = Interval::of(&quarter, at("2026-12-07T10:15:00.400Z"), Start::Tick).unwrap();
+        assert_eq!(ticked, Interval { from: at("2026-12-07T10:15:00Z"), to: at("2026-12-07T10:30:00Z") });
+        let late = Interval::of(&quarter, at("2026-12-07T10:29:59Z"), Start::Tick).unwrap();
+        assert_eq!(late.from, at("2026-12-07T10:15:00Z"), "a ticked cycle started late stands for it all");
+        let now = Interval::of(&quarter, at("2026-12-07T10:29:00.500Z"), Start::Now).unwrap();
+        assert_eq!(now, Interval { from: at("2026-12-07T10:29:00.500Z"), to: at("2026-12-07T10:30:00Z") });
+        let resumed = Interval::of(&quarter, at("2026-12-07T10:29:00.500Z"), Start::Resume).unwrap();
+        assert_eq!(resumed, Interval { from: at("2026-12-07T10:30:00Z"), to: at("2026-12-07T10:30:00Z") });
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use scan_agent_sync::agent_id::AgentId;
 use scan_agent_sync::config::{FetchMode, Settings};
+use scan_agent_sync::rate_window::RateWindow;
+use scan_agent_sync::scheduler::Interval;
 use scan_agent_sync::simulator::{self, Faults, SimulatorHandle, SimulatorOptions};
 use scan_agent_sync::store::Store;
 use scan_agent_sync::store::runs::RunStatus;
@@ -155,13 +157,139 @@ async fn a_budget_short_of_the_list_defers_the_rest_and_rotates_least_recently_f
     let first = syncer.run_cycle(&targets, &options()).await.unwrap();
     assert_eq!((first.status, first.fetched, first.deferred), (RunStatus::Ok, 5, 3));
     // A fresh hour for the second cycle: the three never fetched go first.
-    sqlx::query("UPDATE api_calls SET called_at = called_at - interval '2 hours'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    next_hour(&pool).await;
     let second = syncer.run_cycle(&targets, &options()).await.unwrap();
     assert_eq!(second.changes.new, 3, "the deferred agents are fetched before the others");
     assert_eq!(scalar(&pool, "SELECT count(*) FROM scan_agents").await, 8);
+}
+
+/// Moves the ledger two hours back: the next cycle finds an hour window with nothing in it.
+async fn next_hour(pool: &PgPool) {
+    sqlx::query("UPDATE api_calls SET called_at = called_at - interval '2 hours'")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// The agent IDs of the by-ID requests in `log`, in the order they arrived.
+fn asked(log: &[simulator::LoggedRequest]) -> Vec<String> {
+    log.iter()
+        .filter(|r| r.kind == simulator::EndpointKind::ById)
+        .map(|r| r.path_and_query.rsplit('/').next().unwrap().to_owned())
+        .collect()
+}
+
+/// A 404 counts as a fetch when a cycle orders its IDs, so IDs known to be gone (never
+/// stored, or stored and then marked missing) take their turn in the rotation instead of
+/// going first in every cycle and using up budget meant for the live agents. They are
+/// still asked once per rotation: an agent that comes back is found.
+#[tokio::test]
+async fn ids_that_answer_404_wait_their_turn_in_the_rotation() {
+    let sim = sim(10).await;
+    let pool = support::fresh_pool().await;
+    let syncer = syncer(&config(&sim, "by-id", "[{ calls = 4, per = \"1h\" }]"), &pool);
+    let live = ids(&sim);
+    let never_stored = ["gone-1", "gone-2"].map(|id| AgentId::parse(id).unwrap());
+    let targets = Targets { ids: [live.clone(), never_stored.to_vec()].concat(), track_all: false };
+    // The budget runs out at once, without waiting for the next hour.
+    let options =
+        || CycleOptions { deadline: Some(Instant::now() + Duration::from_secs(30)), ..Default::default() };
+
+    // 12 IDs at 4 a cycle: a rotation is three cycles. An agent stored in the first is
+    // deleted after it, so it answers 404 from the fourth on and is marked missing.
+    let mut cycles: Vec<Vec<String>> = Vec::new();
+    for cycle in 0..9 {
+        if cycle == 1 {
+            assert!(sim.delete(live[1].as_str()));
+        }
+        let before = sim.request_log().len();
+        let report = syncer.run_cycle(&targets, &options()).await.unwrap();
+        assert_eq!((report.status, report.api_calls, report.deferred), (RunStatus::Ok, 4, 8), "{report}");
+        cycles.push(asked(&sim.request_log()[before..]));
+        next_hour(&pool).await;
+    }
+    let mut every_id: Vec<String> = targets.ids.iter().map(ToString::to_string).collect();
+    every_id.sort();
+    for (first, rotation) in cycles.windows(3).enumerate() {
+        let mut rotation = rotation.concat();
+        rotation.sort();
+        assert_eq!(rotation, every_id, "cycles {first} to {} ask every ID once: {cycles:?}", first + 2);
+    }
+    let missing = "SELECT count(*) FROM scan_agents WHERE missing_since IS NOT NULL";
+    assert_eq!(scalar(&pool, missing).await, 1);
+
+    // The deleted agent comes back and gone-2 is no longer configured: the agent is found
+    // within a rotation and un-marked, and neither keeps a 404 stamp.
+    assert!(sim.restore(live[1].as_str()));
+    let targets = Targets { ids: targets.ids[..11].to_vec(), ..targets };
+    for _ in 0..3 {
+        syncer.run_cycle(&targets, &options()).await.unwrap();
+        next_hour(&pool).await;
+    }
+    assert_eq!(scalar(&pool, missing).await, 0);
+    syncer.store.forget_not_found(&targets.ids).await.unwrap();
+    let stamped: Vec<String> =
+        sqlx::query_scalar("SELECT agent_id FROM scan_agent_not_found").fetch_all(&pool).await.unwrap();
+    assert_eq!(stamped, ["gone-1"]);
+}
+
+/// A by-ID fleet larger than the longest window's calls is paced: each cycle asks for its
+/// interval's share of the sustained rate, so every agent comes round after the same number
+/// of cycles. Unpaced, a cycle with time to spare would take the whole window in one burst.
+/// The intervals are given, not waited for: the counts cannot depend on the machine's speed.
+#[tokio::test]
+async fn a_fleet_larger_than_the_longest_window_is_paced_to_its_sustained_rate() {
+    let windows = ["20/500ms", "60/3s"].map(|w| RateWindow::parse_compact(w).unwrap());
+    let sim =
+        simulator::start(SimulatorOptions { windows: windows.to_vec(), ..SimulatorOptions::frozen(70) })
+            .await
+            .unwrap();
+    let pool = support::fresh_pool().await;
+    let windows = "[{ calls = 20, per = \"500ms\" }, { calls = 60, per = \"3s\" }]";
+    let syncer = syncer(&config(&sim, "by-id", windows), &pool);
+    let all = ids(&sim);
+    // Half-second intervals on the windows' clock: 60 per 3 s is 10 per interval, 20 per
+    // 500 ms allows 20; the smaller binds.
+    let start = chrono::DateTime::from_timestamp(1_796_000_400, 0).unwrap();
+    let options = |cycle: i32| CycleOptions {
+        deadline: Some(Instant::now() + Duration::from_secs(60)),
+        interval: Some(Interval {
+            from: start + chrono::Duration::milliseconds(500) * cycle,
+            to: start + chrono::Duration::milliseconds(500) * (cycle + 1),
+        }),
+        ..Default::default()
+    };
+
+    // 60 agents fit in the longest window: not paced.
+    let fits = Targets { ids: all[..60].to_vec(), track_all: false };
+    let report = syncer.run_cycle(&fits, &options(0)).await.unwrap();
+    assert_eq!((report.pace, report.fetched, report.deferred), (None, 60, 0), "{report}");
+
+    let targets = Targets { ids: all.clone(), track_all: false };
+    // The daemon between ticks stands for none of the interval: a paced fleet waits.
+    let resumed = CycleOptions { interval: Some(Interval { from: start, to: start }), ..options(0) };
+    let report = syncer.run_cycle(&targets, &resumed).await.unwrap();
+    assert_eq!((report.status, report.pace, report.api_calls), (RunStatus::Ok, Some(0), 0), "{report}");
+
+    let mut cycles: Vec<Vec<String>> = Vec::new();
+    for cycle in 1..=15 {
+        let before = sim.request_log().len();
+        let report = syncer.run_cycle(&targets, &options(cycle)).await.unwrap();
+        assert_eq!(
+            (report.status, report.pace, report.api_calls, report.deferred),
+            (RunStatus::Ok, Some(10), 10, 60),
+            "{report}"
+        );
+        assert!(report.to_string().contains("paced: at most 10 agents"), "{report}");
+        cycles.push(asked(&sim.request_log()[before..]));
+    }
+    // Every agent is asked every seventh cycle (70 / 10), never sooner or later.
+    for id in &all {
+        let at: Vec<usize> = (0..cycles.len()).filter(|&c| cycles[c].contains(&id.to_string())).collect();
+        assert!(at.len() >= 2, "{id} asked in cycles {at:?}");
+        assert!(at.windows(2).all(|pair| pair[1] - pair[0] == 7), "{id} asked in cycles {at:?}");
+    }
+    assert_eq!(sim.stats().throttled, 0);
 }
 
 #[tokio::test]
@@ -192,7 +320,7 @@ async fn two_sync_processes_at_once_stay_within_every_window() {
     let sim = simulator::start(SimulatorOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         agents: 30,
-        windows: vec![scan_agent_sync::rate_window::RateWindow::parse_compact("10/1s").unwrap()],
+        windows: vec![RateWindow::parse_compact("10/1s").unwrap()],
         evolve_every: Duration::ZERO,
         ..SimulatorOptions::default()
     })

@@ -30,7 +30,7 @@ use crate::leader::{Leadership, LeadershipSettings, Leases};
 use crate::metrics::{Metrics, refresh_agent_series};
 use crate::notify;
 use crate::retention::{self, Retention};
-use crate::scheduler::{Busy, Schedule};
+use crate::scheduler::{Busy, Schedule, Start};
 use crate::store::{Store, StoreError};
 use crate::sync::{CycleOptions, CycleReport, SyncError};
 use crate::tenant_name::TenantName;
@@ -203,11 +203,11 @@ impl Daemon {
         let mut watchdog = tokio::time::interval(watchdog_every);
         // Time alone makes agents stale, so staleness is also checked between cycles.
         let mut staleness = tokio::time::interval(staleness_interval(self.settings.stale.after));
-        self.maybe_start_cycles();
+        self.maybe_start_cycles(Start::Resume);
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return Ok(()),
-                Some(()) = ticks.recv() => self.maybe_start_cycles(),
+                Some(()) = ticks.recv() => self.maybe_start_cycles(Start::Tick),
                 changed = self.leases.changed() => {
                     if changed.is_err() {
                         return Ok(());
@@ -265,23 +265,23 @@ impl Daemon {
                     cycle.cancel();
                 }
             } else if tenant.newly_leading {
-                self.maybe_start_cycle(index);
+                self.maybe_start_cycle(index, Start::Resume);
             }
         }
     }
 
     /// A tick (or the start of leadership, for the tenants that wait for it): starts a cycle
     /// for every tenant that needs one.
-    fn maybe_start_cycles(&mut self) {
+    fn maybe_start_cycles(&mut self, start: Start) {
         for index in 0..self.tenants.len() {
-            self.maybe_start_cycle(index);
+            self.maybe_start_cycle(index, start);
         }
     }
 
     /// Starts a cycle of tenant `index` in the background if this instance holds the
-    /// tenant and none of its cycles is running.
-    fn maybe_start_cycle(&mut self, index: usize) {
-        let deadline = self.next_tick_deadline();
+    /// tenant and none of its cycles is running; `start` says what part of the interval the
+    /// cycle stands for.
+    fn maybe_start_cycle(&mut self, index: usize, start: Start) {
         let tenant = &mut self.tenants[index];
         if tenant.cycle.is_some() {
             // The scheduler lets a tick through only once the running cycle is past its
@@ -300,9 +300,11 @@ impl Daemon {
         let first = std::mem::replace(&mut tenant.newly_leading, false);
         let cancel = self.cancel.child_token();
         tenant.cycle_cancel = Some(cancel.clone());
-        let options = CycleOptions { deadline, cancel, ..CycleOptions::default() };
+        // A cycle stops starting requests at the next tick, so the budget left over when a
+        // cycle cannot cover everyone is not spent late, and the next cycle starts on time.
+        let options = CycleOptions { cancel, ..CycleOptions::scheduled(&self.settings.schedule, start) };
         let (syncer, targets, guard) =
-            (tenant.syncer.clone(), tenant.targets.clone(), self.busy.enter(deadline));
+            (tenant.syncer.clone(), tenant.targets.clone(), self.busy.enter(options.deadline));
         tenant.cycle = Some(tokio::spawn(async move {
             let (_busy, _permit) = (guard, permit);
             if first {
@@ -313,14 +315,6 @@ impl Daemon {
             }
             syncer.run_cycle(&targets, &options).await
         }));
-    }
-
-    /// A cycle stops starting requests at the next tick, so the budget left over when a
-    /// cycle cannot cover everyone is not spent late, and the next cycle starts on time.
-    fn next_tick_deadline(&self) -> Option<Instant> {
-        let now = chrono::Utc::now();
-        let next = self.settings.schedule.next_tick(now)?;
-        Some(Instant::now() + (next - now).to_std().unwrap_or_default())
     }
 
     async fn cycle_finished(
@@ -351,7 +345,7 @@ impl Daemon {
         self.count_api_calls(index).await;
         self.evaluate_staleness().await;
         if std::mem::take(&mut self.tenants[index].tick_waiting) && !self.cancel.is_cancelled() {
-            self.maybe_start_cycle(index);
+            self.maybe_start_cycle(index, Start::Tick);
         }
     }
 

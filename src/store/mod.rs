@@ -1,7 +1,8 @@
 //! Everything the service reads from and writes to PostgreSQL.
 //!
 //! Each submodule owns one table group: `apply` the agent tables (the diff engine),
-//! `ledger` the rate-budget ledger, `runs` the sync-run records, `alerts` the stale episodes
+//! `not_found` the 404 stamps that order by-ID fetches, `ledger` the rate-budget ledger,
+//! `runs` the sync-run records, `alerts` the stale episodes
 //! and their outbox (whose payloads are the `notification` types), `history` the read side
 //! of one agent's history, `invariants` the consistency checks across all of them,
 //! `retention` partitions and deleting old rows, `summary` the demo's counts, `database`
@@ -27,6 +28,7 @@ pub mod leader_lock;
 pub mod ledger;
 pub mod missing;
 pub mod nodelay;
+pub mod not_found;
 pub mod notification;
 mod payload;
 pub mod retention;

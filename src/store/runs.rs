@@ -112,16 +112,20 @@ impl TenantStore {
         Ok(done.rows_affected())
     }
 
-    /// Orders IDs for fetching: never-fetched first (in the given order), then the least
+    /// Orders IDs for fetching: never-asked first (in the given order), then the least
     /// recently fetched, so a budget that cannot cover everyone rotates through all of them.
+    /// A 404 counts as a fetch (its stamp in `scan_agent_not_found`, the later of the two
+    /// wins): an ID known to be gone waits its turn instead of going first in every cycle.
     /// An agent stored under another tenant counts as never fetched by this one.
     pub async fn fetch_order(&self, ids: &[AgentId]) -> Result<Vec<AgentId>, StoreError> {
         let names: Vec<&str> = ids.iter().map(AgentId::as_str).collect();
+        // GREATEST ignores NULLs: NULL only for an ID neither fetched nor answered 404.
         let ordered: Vec<String> = sqlx::query_scalar(
             "SELECT u.agent_id
              FROM UNNEST($1::text[]) WITH ORDINALITY AS u(agent_id, position)
              LEFT JOIN scan_agent_state s ON s.agent_id = u.agent_id AND s.tenant = $2
-             ORDER BY s.last_fetched_at ASC NULLS FIRST, u.position",
+             LEFT JOIN scan_agent_not_found n ON n.agent_id = u.agent_id AND n.tenant = $2
+             ORDER BY GREATEST(s.last_fetched_at, n.not_found_at) ASC NULLS FIRST, u.position",
         )
         .bind(&names)
         .bind(&*self.tenant)

@@ -24,15 +24,41 @@ const CHUNK: usize = 500;
 const CHUNK_AGE: Duration = Duration::from_secs(2);
 
 impl Syncer {
+    /// The most IDs a by-ID cycle over `fleet` IDs asks for, when it is paced: its
+    /// interval's share of the sustained rate (each window's `calls` per `per`; the smallest
+    /// share binds). Zero for an empty interval, and for some intervals of a schedule more
+    /// frequent than one call's worth of the rate: the shares still add up to it.
+    ///
+    /// Only for a fleet larger than the longest window's calls, which no rotation can cover
+    /// within one such window anyway. Unpaced, each longest window's calls would go out in
+    /// one burst at the shorter windows' rate (Defender's 1,500 an hour as 15 minutes at 100
+    /// a minute) and then wait, and where an agent falls in the bursts drifts from one
+    /// rotation to the next, so its refetch gap swings around fleet ÷ rate (BENCHMARKS.md,
+    /// "Freshness"). Paced, the cycles of one interval length each take the same share and
+    /// every agent comes round every fleet ÷ rate exactly. A smaller fleet, or a cycle with
+    /// no schedule, keeps the whole budget: it is all fetched within the window.
+    pub(super) fn pace(&self, fleet: usize, options: &CycleOptions) -> Option<usize> {
+        let longest = self.windows.iter().max_by_key(|window| window.per)?;
+        let interval = options.interval?;
+        if fleet <= longest.calls as usize {
+            return None;
+        }
+        let share = self.windows.iter().map(|window| window.share(interval.from, interval.to)).min()?;
+        Some(usize::try_from(share).unwrap_or(usize::MAX)).filter(|&cap| cap < fleet)
+    }
+
     /// Fetches IDs in the given order until done, out of budget, cancelled, or stopped by an
-    /// error that every further request would repeat.
+    /// error that every further request would repeat; with a `pace`, at most that many.
     pub(super) async fn by_id_cycle(
         &self,
-        ids: Vec<AgentId>,
+        mut ids: Vec<AgentId>,
+        pace: Option<usize>,
         since: DateTime<Utc>,
         options: &CycleOptions,
         progress: &mut Progress,
     ) -> Result<(), StoreError> {
+        let paced_out = pace.map_or(0, |cap| ids.len().saturating_sub(cap));
+        ids.truncate(ids.len() - paced_out);
         let mut pending = ids.into_iter();
         let mut running = JoinSet::new();
         let mut chunk: Vec<AgentRecord> = Vec::new();
@@ -104,12 +130,15 @@ impl Syncer {
                 "the rate budget does not cover every agent this cycle; the least recently fetched went first"
             );
         }
+        // Beyond the pace by design, not for want of budget: no warning.
+        progress.deferred += paced_out;
         progress.complete = true;
         self.mark_not_found(not_found, since, options, progress).await
     }
 
     /// Marks the agents that answered 404, unless the guard refuses: when most answers are
-    /// 404, a wrong URL or tenant is likelier than a vanished fleet.
+    /// 404, a wrong URL or tenant is likelier than a vanished fleet. Either way their 404s
+    /// count as fetches for the order of the next cycles.
     async fn mark_not_found(
         &self,
         not_found: Vec<AgentId>,
@@ -133,6 +162,12 @@ impl Syncer {
                 Ok(())
             }
             Verdict::Refuse { error, alert } => {
+                if !options.dry_run {
+                    // Unstamped, IDs that the guard refused would go first again in every
+                    // cycle: with as many as a cycle's budget, every cycle would ask only them,
+                    // be refused again, and never reach the others.
+                    self.store.stamp_not_found(&not_found).await?;
+                }
                 self.refuse_missing(error, alert, (vanishing, answered), since, options, progress).await
             }
         }

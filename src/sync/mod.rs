@@ -24,9 +24,11 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::AgentRecord;
 use crate::agent_id::AgentId;
 use crate::budget::{Budget, BudgetError};
-use crate::config::{FetchMode, StaleSettings, TenantSettings};
+use crate::config::{FetchMode, ScheduleSettings, StaleSettings, TenantSettings};
 use crate::defender::DefenderClient;
 use crate::diff::{Diff, Tally};
+use crate::rate_window::RateWindow;
+use crate::scheduler::{Interval, Start};
 use crate::store::apply::Refused;
 use crate::store::runs::RunStatus;
 use crate::store::tenant::TenantStore;
@@ -44,6 +46,8 @@ pub struct Syncer {
     pub client: DefenderClient,
     pub mode: FetchMode,
     pub max_in_flight: usize,
+    /// `rate_limit.windows`, which the client's budget enforces and a by-ID cycle paces to.
+    pub windows: Vec<RateWindow>,
     /// `stale.mass_missing_guard`.
     pub mass_missing_guard: f64,
 }
@@ -63,11 +67,25 @@ pub struct CycleOptions {
     pub dry_run: bool,
     /// No request starts after this; agents left over wait for the next cycle.
     pub deadline: Option<Instant>,
+    /// The scheduled interval this cycle stands for; a by-ID cycle over a fleet larger than
+    /// the longest rate window takes only its share of it (see `Syncer::pace`). None: no pace.
+    pub interval: Option<Interval>,
     /// Stops the fetching; what was fetched is still applied and the run is `interrupted`.
     pub cancel: CancellationToken,
     /// Mark agents missing even when the mass-disappearance guard would refuse (a
     /// deliberate decommission).
     pub accept_mass_missing: bool,
+}
+
+impl CycleOptions {
+    /// A cycle of `schedule` starting now: no request after the next tick, and paced to the
+    /// part of the interval that `start` makes it stand for (see [`Start`]).
+    pub fn scheduled(schedule: &ScheduleSettings, start: Start) -> CycleOptions {
+        let now = Utc::now();
+        let deadline =
+            schedule.next_tick(now).map(|next| Instant::now() + (next - now).to_std().unwrap_or_default());
+        CycleOptions { deadline, interval: Interval::of(schedule, now, start), ..CycleOptions::default() }
+    }
 }
 
 /// A cycle that could not record its outcome: the database failed.
@@ -128,6 +146,7 @@ impl Syncer {
             client,
             mode: tenant.defender.fetch_mode,
             max_in_flight: tenant.rate_limit.max_in_flight,
+            windows: tenant.rate_limit.windows.clone(),
             mass_missing_guard: stale.mass_missing_guard,
         })
     }
@@ -149,19 +168,26 @@ impl Syncer {
             let known: HashSet<AgentId> = ids.iter().cloned().collect();
             ids.extend(self.store.stored_ids().await?.into_iter().filter(|id| !known.contains(id)));
         }
+        if !options.dry_run {
+            self.store.forget_not_found(&ids).await?;
+        }
         let ids = self.store.fetch_order(&ids).await?;
         let requested = ids.len();
+        let pace = match mode {
+            FetchMode::List => None,
+            _ => self.pace(requested, options),
+        };
         let run_id = match options.dry_run {
             true => None,
             false => Some(self.store.start_run(mode_name(mode), requested).await?),
         };
-        tracing::info!(run_id, mode = mode_name(mode), requested, "sync cycle started");
+        tracing::info!(run_id, mode = mode_name(mode), requested, pace, "sync cycle started");
 
         let since = self.store.clock().await?;
         let mut progress = Progress::default();
         let outcome = match mode {
             FetchMode::List => self.list_cycle(&ids, targets.track_all, since, options, &mut progress).await,
-            _ => self.by_id_cycle(ids, since, options, &mut progress).await,
+            _ => self.by_id_cycle(ids, pace, since, options, &mut progress).await,
         };
         let apply_error = outcome.err();
         if let Some(error) = &apply_error {
@@ -176,6 +202,7 @@ impl Syncer {
             fetched: progress.fetched,
             missing: progress.tally.went_missing + progress.tally.still_missing + progress.tally.never_seen,
             deferred: progress.deferred,
+            pace,
             failures: progress.failures,
             failure_count: progress.failure_count,
             changes: progress.tally,
@@ -323,8 +350,8 @@ impl Syncer {
 fn out_of_budget(report: &CycleReport, list_stopped: bool) -> Option<Failure> {
     let cut = if list_stopped {
         "the list stopped before its last page".to_owned()
-    } else if report.deferred > 0 {
-        format!("{} agents were deferred to the next cycle", report.deferred)
+    } else if report.deferred_by_budget() > 0 {
+        format!("{} agents were deferred to the next cycle", report.deferred_by_budget())
     } else {
         return None;
     };

@@ -33,8 +33,10 @@ pub struct CycleReport {
     pub fetched: usize,
     /// Confirmed absent by a 404 or a complete list (newly, already, or never stored).
     pub missing: usize,
-    /// Not attempted because the budget had no slot before the deadline.
+    /// Not attempted because the budget had no slot before the deadline, or beyond the pace.
     pub deferred: usize,
+    /// A paced by-ID cycle: the most agents it asked for (`Syncer::pace`).
+    pub pace: Option<usize>,
     /// The first [`KEPT_FAILURES`] failures.
     pub failures: Vec<Failure>,
     /// Every failure, kept or only counted.
@@ -59,6 +61,12 @@ impl CycleReport {
             RunStatus::Partial | RunStatus::Interrupted => 2,
             RunStatus::Failed => 1,
         }
+    }
+
+    /// The deferred agents the budget (or 429s) left no slot for, those beyond the pace aside.
+    pub fn deferred_by_budget(&self) -> usize {
+        let paced_out = self.pace.map_or(0, |cap| self.requested.saturating_sub(cap));
+        self.deferred.saturating_sub(paced_out)
     }
 
     pub(super) fn record(&self, list_pages: Option<u32>, apply_error: Option<&StoreError>) -> RunRecord {
@@ -104,6 +112,13 @@ impl fmt::Display for CycleReport {
             "  agents: {} requested, {} fetched, {} missing, {} failed, {} deferred to the next cycle",
             self.requested, self.fetched, self.missing, self.failure_count, self.deferred
         )?;
+        if let Some(cap) = self.pace {
+            writeln!(
+                f,
+                "  paced: at most {cap} agents this cycle, its share of the rate windows' sustained rate \
+                 (the fleet is larger than the longest window's calls)"
+            )?;
+        }
         writeln!(
             f,
             "  changes: {} new, {} changed, {} unchanged, {} newly missing",

@@ -45,6 +45,7 @@ use self::columns::{PayloadColumns, Payloads, StampColumns, StateColumns};
 use self::read::{Inspected, inspect, read_stored};
 use self::shard::Lock;
 use super::nodelay::disable_nagle;
+use super::not_found;
 use super::tenant::TenantStore;
 use super::{QueryContext, Store, StoreError};
 use crate::agent::AgentRecord;
@@ -97,8 +98,9 @@ impl TenantStore {
     }
 
     /// Applies a batch for this tenant: new agents, changed attributes (closing and opening
-    /// versions), new `lastSeen` values, missing marks, and the `last_fetched_at` stamp, all
-    /// or nothing. Agents stored under another tenant are left out ([`Applied::refused`]).
+    /// versions), new `lastSeen` values, missing marks, and the `last_fetched_at` stamp (for
+    /// `missing`, the 404 stamp of [`not_found`]), all or nothing. Agents stored under
+    /// another tenant are left out ([`Applied::refused`]).
     #[tracing::instrument(skip_all, fields(tenant = %self.tenant, fetched = fetched.len(), missing = missing.len()))]
     pub async fn apply(&self, fetched: Vec<AgentRecord>, missing: &[AgentId]) -> Result<Applied, StoreError> {
         self.apply_batch(fetched, missing, None).await
@@ -191,6 +193,10 @@ impl TenantStore {
         let diff = Diff::compute_known(&stored, &fetched, &known, missing);
         let stored = Stored { known: &known, payload: &inspected.payload_stored };
         write(&mut tx, &self.tenant, &fetched, payloads, stored, &diff, applied_at).await?;
+        if !missing.is_empty() {
+            // A 404 counts as a fetch when by-ID cycles order their IDs.
+            not_found::stamp(&mut *tx, &self.tenant, missing, applied_at).await?;
+        }
         tx.commit().await.during("committing the batch")?;
         if big {
             // sqlx keeps a connection's buffers as large as its largest message, megabytes
