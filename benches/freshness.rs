@@ -247,9 +247,13 @@ async fn watch_applies(pool: PgPool, span: Duration) -> anyhow::Result<HashMap<S
                 .await
             {
                 Ok(stamps) => stamps,
-                // The daemon has not migrated the fresh database yet.
+                // The daemon has not migrated the fresh database yet: no table, or a migration
+                // between 0003 (which moved the column out) and 0006 (which moved it back).
                 Err(error)
-                    if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42P01") =>
+                    if matches!(
+                        error.as_database_error().and_then(|e| e.code()).as_deref(),
+                        Some("42P01" | "42703")
+                    ) =>
                 {
                     Vec::new()
                 }
