@@ -1,5 +1,5 @@
 //! `scan_agent_not_found`: when each configured ID last answered 404 (migration
-//! 20261207000011), so that [`TenantStore::fetch_order`] counts a 404 as a fetch and an ID
+//! 20261207000012), so that [`TenantStore::fetch_order`] counts a 404 as a fetch and an ID
 //! known to be gone takes its turn in the rotation instead of going first in every cycle.
 
 use chrono::{DateTime, Utc};

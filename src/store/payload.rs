@@ -4,9 +4,10 @@
 //! both merged again.
 
 /// The payload members that change whenever an agent reports in (matched as the record
-/// parser matches names, ignoring case). They are stored apart, in the agent's state row (`raw_times`, migration 20261207000011), so an agent that only
-/// reported in rewrites that row, which it rewrites anyway, and not its whole payload; the
-/// `scan_agents` view merges both back into `raw`.
+/// parser matches names, ignoring case). They are stored apart, in the agent's state row
+/// (`raw_times`, migration 20261207000011), so an agent that only reported in rewrites that
+/// row, which it rewrites anyway, and not its whole payload; the `scan_agents` view merges
+/// both back into `raw`.
 const TIME_MEMBERS: [&str; 2] = ["lastSeen", "lastCommandExecutionTimestamp"];
 
 /// A payload as stored: its members as received, [`TIME_MEMBERS`] apart from the rest.
