@@ -310,11 +310,7 @@ async fn big_batches_are_applied_in_parts_and_concurrent_ones_stay_in_sequence()
 /// row: `raw` reads as before, and the next fetch of the same agent finds it unchanged.
 #[tokio::test]
 async fn the_migration_moving_the_time_members_keeps_raw_and_recognizes_unchanged_agents() {
-    let name = support::fresh_database().await;
-    let pool = PgPool::connect(&support::database_url(&name)).await.unwrap();
-    let mine = MIGRATOR.iter().find(|m| m.description == "times in state").unwrap().version;
-    let previous = MIGRATOR.iter().map(|m| m.version).filter(|v| *v < mine).max().unwrap();
-    MIGRATOR.run_to(previous, &pool).await.unwrap();
+    let pool = support::pool_before_migration("times in state").await;
     // As the engine stored an agent before: the payload without its time members, which
     // are in their own table, and one payload still whole from before migration 0009.
     let fetched = agent("t1", "1", "2022-05-08T12:00:00.1234567Z");

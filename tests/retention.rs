@@ -314,12 +314,7 @@ async fn check_holds_after_a_prune_and_the_silent_agent_keeps_its_state() {
 
 #[tokio::test]
 async fn the_migration_moves_a_populated_table_without_losing_a_row() {
-    let name = support::fresh_database().await;
-    let url = support::database_url(&name);
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let mine = MIGRATOR.iter().find(|m| m.description.contains("retention partitions")).unwrap().version;
-    let previous = MIGRATOR.iter().map(|m| m.version).filter(|v| *v < mine).max().unwrap();
-    MIGRATOR.run_to(previous, &pool).await.unwrap();
+    let pool = support::pool_before_migration("retention partitions").await;
     // 30,000 rows over about three years, 20 far in the past and in the future, and an agent
     // with its payload as the engine stored it before (whole, timestamps inside).
     sqlx::raw_sql(

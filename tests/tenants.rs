@@ -70,11 +70,7 @@ fn tenant(pool: &PgPool, name: &str) -> TenantStore {
 
 #[tokio::test]
 async fn the_migration_keeps_every_row_of_a_single_tenant_database_as_default() {
-    let name = support::fresh_database().await;
-    let pool = PgPool::connect(&support::database_url(&name)).await.unwrap();
-    let mine = MIGRATOR.iter().find(|m| m.description == "tenants").unwrap().version;
-    let previous = MIGRATOR.iter().map(|m| m.version).filter(|v| *v < mine).max().unwrap();
-    MIGRATOR.run_to(previous, &pool).await.unwrap();
+    let pool = support::pool_before_migration("tenants").await;
     // What the engine wrote before: a1 upgraded once (a closed version, two lastSeen values),
     // a2 never changed, a run, and ledger rows.
     sqlx::raw_sql(

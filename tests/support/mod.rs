@@ -103,6 +103,20 @@ pub async fn fresh_database() -> String {
     name
 }
 
+/// A pool on a new database migrated up to, not including, the migration named
+/// `description`: the schema the previous release left, for tests of that migration.
+pub async fn pool_before_migration(description: &str) -> PgPool {
+    let migrator = &scan_agent_sync::store::MIGRATOR;
+    let pool = PgPool::connect(&database_url(&fresh_database().await))
+        .await
+        .expect("connecting to the test database");
+    let mine = migrator.iter().find(|m| m.description == description).expect("a migration so named").version;
+    let previous =
+        migrator.iter().map(|m| m.version).filter(|v| *v < mine).max().expect("an earlier migration");
+    migrator.run_to(previous, &pool).await.expect("migrating the test database");
+    pool
+}
+
 /// The URL of database `name` on the tests' server, for running the binary against it.
 pub fn database_url(name: &str) -> String {
     let mut url = reqwest::Url::parse(&admin_url()).expect("DATABASE_URL is a URL");

@@ -7,8 +7,8 @@
 //! `scan_agent_state`; its last payload a row of `scan_agent_payloads`, but for the time
 //! members, which change whenever the agent reports in and are kept in the state row with
 //! the hash of the rest (`raw_times`, `payload_sha256`, migration 20261207000011); closed
-//! versions are rows of `scan_agent_version_history`, appended once when a version ends and never
-//! updated. The BI names `scan_agents` and `scan_agent_versions` are views over them.
+//! versions are rows of `scan_agent_version_history`, appended once when a version ends and
+//! never updated. The BI names `scan_agents` and `scan_agent_versions` are views over them.
 //!
 //! A sync cycle mostly re-fetches unchanged agents. Their state is not even read: the
 //! first statement compares each fetched agent's fingerprint (a hash over everything the
@@ -24,12 +24,12 @@
 //! the batch holds that is stored under another tenant is taken out of the batch before
 //! anything is written and returned as [`Refused`]: an agent's tenant never changes.
 //!
-//! Concurrency: the transaction first takes the [`APPLY_LOCK`](super::APPLY_LOCK) advisory lock and only then
-//! reads current state and picks its timestamp, so two appliers run strictly one after the
-//! other and end with the same history as one applying both batches in order. A big batch
-//! is applied in parts, one per shard of agents, side by side on their own connections;
-//! each part locks only its shard, so appliers of one agent still run in sequence
-//! (module `shard`). A dropped connection rolls its transaction back.
+//! Concurrency: the transaction first takes the [`APPLY_LOCK`](super::APPLY_LOCK) advisory
+//! lock and only then reads current state and picks its timestamp, so two appliers run
+//! strictly one after the other and end with the same history as one applying both batches
+//! in order. A big batch is applied in parts, one per shard of agents, side by side on their
+//! own connections; each part locks only its shard, so appliers of one agent still run in
+//! sequence (module `shard`). A dropped connection rolls its transaction back.
 
 mod columns;
 mod read;
