@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{DateTime, TimeZone, Utc};
 use scan_agent_sync::agent::{AgentRecord, Attributes};
-use scan_agent_sync::store::nodelay::disable_nagle;
 use scan_agent_sync::store::{APPLY_LOCK, Store};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -286,13 +285,11 @@ struct NaiveRow {
 }
 
 /// The comparator: the same writes as `Store::apply` (same transaction, lock, timestamp,
-/// connection setup,
 /// tables, and the same skipping of unchanged rows: only the fetch stamp, and `raw` only
 /// when the payload hash differs), but one prepared statement and one round trip per step
 /// per agent, which is how the engine would look without arrays and `UNNEST`.
 async fn naive_apply(pool: &PgPool, fetched: &[AgentRecord]) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
-    disable_nagle(&mut tx).await;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPLY_LOCK).execute(&mut *tx).await?;
     let at: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&mut *tx).await?;
     for record in fetched {

@@ -27,7 +27,6 @@ pub mod invariants;
 pub mod leader_lock;
 pub mod ledger;
 pub mod missing;
-pub mod nodelay;
 pub mod not_found;
 pub mod notification;
 mod payload;

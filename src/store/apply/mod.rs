@@ -44,7 +44,6 @@ use sqlx::{Connection, Postgres, Transaction};
 use self::columns::{PayloadColumns, Payloads, StampColumns, StateColumns};
 use self::read::{Inspected, inspect, read_stored};
 use self::shard::Lock;
-use super::nodelay::disable_nagle;
 use super::not_found;
 use super::tenant::TenantStore;
 use super::{QueryContext, Store, StoreError};
@@ -162,7 +161,6 @@ impl TenantStore {
         });
         let mut conn = self.store.pool.acquire().await.during("connecting to apply a batch")?;
         let mut tx = conn.begin().await.during("starting the batch transaction")?;
-        disable_nagle(&mut tx).await;
         lock.take(&mut tx).await?;
         // A connection's prepared statements switch to a generic plan after five runs, and
         // a generic plan guesses 10 rows for `UNNEST` of a parameter, so 100k-row batches
