@@ -197,8 +197,9 @@ impl Payloads {
     /// the engine needs only the text.
     fn take_serially(fetched: &mut [AgentRecord]) -> Payloads {
         let mut payloads = Payloads::with_capacity(fetched.len());
+        let mut scratch = Vec::new();
         for record in fetched {
-            let text = PayloadText::split(std::mem::take(&mut record.raw));
+            let text = PayloadText::split(std::mem::take(&mut record.raw), &mut scratch);
             let sha256 = Sha256::digest(text.stable.as_bytes()).to_vec();
             let whole = Sha256::new().chain_update(&sha256).chain_update(text.times.as_bytes()).finalize();
             payloads.fingerprint.push(fingerprint(record, &whole));
