@@ -370,9 +370,26 @@ struct Listed {
 }
 
 async fn list_all(client: &DefenderClient) -> Listed {
+    list_sending(client, Ahead::No).await
+}
+
+/// Whether each next page is requested as soon as a page arrives, as a cycle does while it
+/// applies the page ([`Listing::send_ahead`](scan_agent_sync::defender::Listing::send_ahead)).
+#[derive(Clone, Copy, PartialEq)]
+enum Ahead {
+    No,
+    Yes,
+}
+
+async fn list_sending(client: &DefenderClient, ahead: Ahead) -> Listed {
     let mut listing = client.list(None);
     let mut listed = Listed::default();
     while let Some(page) = listing.next_page().await {
+        if ahead == Ahead::Yes {
+            listing.send_ahead();
+            // The cycle applies the page meanwhile.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         match page {
             Ok(page) => {
                 listed.records.extend(page.records);
@@ -387,20 +404,31 @@ async fn list_all(client: &DefenderClient) -> Listed {
 
 #[tokio::test]
 async fn paging_gets_every_agent_once() {
-    let (sim, client) = sim_client(SimulatorOptions { agents: 7, page_size: 3, ..sim_options() }).await;
-    let outcome = list_all(&client).await;
-    assert!(outcome.complete && outcome.error.is_none(), "{:?}", outcome.error);
-    assert_eq!(outcome.pages, 3);
-    let mut got: Vec<String> = outcome.records.iter().map(|r| r.id.to_string()).collect();
-    let mut expected = sim.agent_ids();
-    got.sort();
-    expected.sort();
-    assert_eq!(got, expected);
-    assert_eq!(sim.stats().list_requests, 3);
+    for ahead in [Ahead::No, Ahead::Yes] {
+        let (sim, client) = sim_client(SimulatorOptions { agents: 7, page_size: 3, ..sim_options() }).await;
+        let outcome = list_sending(&client, ahead).await;
+        assert!(outcome.complete && outcome.error.is_none(), "{:?}", outcome.error);
+        assert_eq!(outcome.pages, 3);
+        let mut got: Vec<String> = outcome.records.iter().map(|r| r.id.to_string()).collect();
+        let mut expected = sim.agent_ids();
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected);
+        // Nothing is requested ahead of the last page.
+        assert_eq!(sim.stats().list_requests, 3);
+        assert_eq!(client.counters().requests, 3);
+    }
 }
 
 #[tokio::test]
 async fn a_flaky_service_still_yields_every_agent() {
+    for ahead in [Ahead::No, Ahead::Yes] {
+        a_flaky_service_yields_every_agent(ahead).await;
+    }
+}
+
+/// Requests sent ahead meet the same faults, and are retried by the same policy.
+async fn a_flaky_service_yields_every_agent(ahead: Ahead) {
     let options = SimulatorOptions {
         agents: 12,
         page_size: 4,
@@ -413,7 +441,7 @@ async fn a_flaky_service_still_yields_every_agent() {
     let mut settings = settings(&sim.base_url(), &sim.token_url());
     settings.max_retries = 6;
     let client = client(&settings, SIM_SECRET, roomy_budget().await);
-    let outcome = list_all(&client).await;
+    let outcome = list_sending(&client, ahead).await;
     assert!(outcome.complete, "{:?}", outcome.error);
     assert_eq!(outcome.records.len(), 12);
     for agent_id in sim.agent_ids() {
@@ -422,6 +450,20 @@ async fn a_flaky_service_still_yields_every_agent() {
     let stats = sim.stats();
     assert!(stats.api_requests > 15, "faults were met and retried: {stats:?}");
     assert_eq!(client.counters().requests, stats.api_requests);
+}
+
+#[tokio::test]
+async fn a_page_sent_ahead_with_a_refused_token_is_renewed_and_retried_when_read() {
+    let server = mock_server().await;
+    let first = json!({"value": [agent("a1")], "@odata.nextLink": format!("{}/page-2", server.uri())});
+    answer(&server, AGENTS, ResponseTemplate::new(200).set_body_json(first), None).await;
+    answer(&server, "/page-2", api_error(401, "Unauthorized", "expired"), Some(1)).await;
+    let second = ResponseTemplate::new(200).set_body_json(json!({"value": [agent("a2")]}));
+    answer(&server, "/page-2", second, None).await;
+    let outcome = list_sending(&mock_client(&server).await, Ahead::Yes).await;
+    assert!(outcome.complete, "{:?}", outcome.error);
+    assert_eq!(outcome.records.len(), 2);
+    assert_eq!(received(&server).await, (3, 2), "the refused page again, with a renewed token");
 }
 
 #[tokio::test]

@@ -1,12 +1,14 @@
 //! The list endpoint, one page at a time: a cycle applies each page as it arrives, so it
-//! holds one page (about 5 MiB at 10,000 agents) whatever the size of the fleet.
+//! holds one page (about 5 MiB at 10,000 agents) whatever the size of the fleet. While it
+//! applies one, the next page's request may be on its way ([`Listing::send_ahead`]).
 
 use std::collections::HashSet;
 
 use serde_json::Value;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
-use super::{AGENTS_PATH, ApiError, DefenderClient};
+use super::{AGENTS_PATH, ApiError, DefenderClient, Endpoint, Sent};
 use crate::agent::{AgentRecord, RecordError};
 
 /// Most pages one listing follows. The hourly budget is 1,500 calls, so a listing that needs
@@ -33,6 +35,8 @@ pub struct Listing {
     visited: HashSet<String>,
     pages: u32,
     failed: bool,
+    /// The first try of the next page's request, sent ahead (see [`Listing::send_ahead`]).
+    ahead: Option<AbortOnDropHandle<Result<Sent, ApiError>>>,
 }
 
 impl DefenderClient {
@@ -45,6 +49,7 @@ impl DefenderClient {
             visited: HashSet::new(),
             pages: 0,
             failed: false,
+            ahead: None,
         }
     }
 }
@@ -89,15 +94,43 @@ impl Listing {
         self.next.is_none() && !self.failed && self.pages > 0
     }
 
+    /// Sends the next page's request now, on its own task, and reads only the head of the
+    /// answer: the API prepares the page while the caller applies the last one, and the body
+    /// waits in the connection (the kernel's socket buffers), not in this process's memory,
+    /// until [`Listing::next_page`] reads it. Reading the next page ahead instead would hold
+    /// two pages. Does nothing when there is no next page, or one [`Listing::next_page`]
+    /// will refuse; dropping the listing aborts the request.
+    pub fn send_ahead(&mut self) {
+        let Some(url) = self.next.clone() else { return };
+        if self.ahead.is_some() || self.refusal(&url).is_some() {
+            return;
+        }
+        let (client, deadline) = (self.client.clone(), self.deadline);
+        let sent = tokio::spawn(async move { client.start(Endpoint::List, &url, deadline).await });
+        self.ahead = Some(AbortOnDropHandle::new(sent));
+    }
+
     async fn fetch(&mut self, url: &str) -> Result<super::envelope::Page, ApiError> {
+        if let Some(refused) = self.refusal(url) {
+            return Err(refused);
+        }
+        self.visited.insert(url.to_owned());
+        let first = match self.ahead.take() {
+            Some(sent) => Some(sent.await.expect("sending a request does not panic")),
+            None => None,
+        };
+        super::envelope::page(self.client.get_json_from(Endpoint::List, url, self.deadline, first).await?)
+    }
+
+    /// Why `url` is not followed: past [`MAX_PAGES`], a page already fetched, or off the API.
+    fn refusal(&self, url: &str) -> Option<ApiError> {
         let refuse = |what: String| ApiError::Malformed { what, transient: false };
         if self.pages >= MAX_PAGES {
-            return Err(refuse(format!("the list still links on after {MAX_PAGES} pages")));
+            return Some(refuse(format!("the list still links on after {MAX_PAGES} pages")));
         }
-        if !self.visited.insert(url.to_owned()) {
-            return Err(refuse(format!("the list links back to a page already fetched ({url})")));
+        if self.visited.contains(url) {
+            return Some(refuse(format!("the list links back to a page already fetched ({url})")));
         }
-        self.client.check_next_link(url)?;
-        super::envelope::page(self.client.get_json(super::Endpoint::List, url, self.deadline).await?)
+        self.client.check_next_link(url).err()
     }
 }

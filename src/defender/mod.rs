@@ -244,20 +244,40 @@ impl DefenderClient {
         url: &str,
         deadline: Option<Instant>,
     ) -> Result<Value, ApiError> {
+        self.get_json_from(endpoint, url, deadline, None).await
+    }
+
+    /// [`DefenderClient::get_json`] whose first try, when given, was started already
+    /// ([`DefenderClient::start`]); it counts as one of the tries.
+    async fn get_json_from(
+        &self,
+        endpoint: Endpoint,
+        url: &str,
+        deadline: Option<Instant>,
+        mut first: Option<Result<Sent, ApiError>>,
+    ) -> Result<Value, ApiError> {
         let inner = &self.inner;
         let mut delays = inner.retry.delays();
         let mut retries_left = inner.retry.max_retries;
         let mut renewed = false;
         loop {
-            // Taken before the slot too, so a refused secret spends no budget.
-            let mut token = inner.tokens.token(&inner.http, &inner.retry).await?;
-            let error = match self.send(endpoint, url, &mut token, deadline).await {
-                Ok(body) => return Ok(body),
-                Err(error) => error,
+            let sent = match first.take() {
+                Some(sent) => sent,
+                None => self.start(endpoint, url, deadline).await,
             };
-            if matches!(error, ApiError::Unauthorized { .. }) && !renewed {
+            let (error, token) = match sent {
+                Ok(sent) => {
+                    let token = sent.token.clone();
+                    match self.receive(endpoint, sent).await {
+                        Ok(body) => return Ok(body),
+                        Err(error) => (error, Some(token)),
+                    }
+                }
+                Err(error) => (error, None),
+            };
+            if let (ApiError::Unauthorized { .. }, Some(token), false) = (&error, &token, renewed) {
                 tracing::info!("the API refused the access token; renewing it and retrying once");
-                inner.tokens.forget(&token).await;
+                inner.tokens.forget(token).await;
                 renewed = true;
                 continue;
             }
@@ -278,17 +298,18 @@ impl DefenderClient {
         }
     }
 
-    /// One try: a budget slot, the request with `token` (replaced when it was due for renewal
-    /// by then), its status in the ledger, the body.
+    /// The first half of one try: a budget slot, the request with a current token, and the
+    /// head of its answer. The body is left in the connection until [`DefenderClient::receive`].
     #[tracing::instrument(skip_all, fields(endpoint = endpoint.ledger_name(), url = %url))]
-    async fn send(
+    async fn start(
         &self,
         endpoint: Endpoint,
         url: &str,
-        token: &mut SecretString,
         deadline: Option<Instant>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Sent, ApiError> {
         let inner = &self.inner;
+        // Taken before the slot too, so a refused secret spends no budget.
+        inner.tokens.token(&inner.http, &inner.retry).await?;
         // The budget only checks the deadline when it has to wait; a try after it is pointless.
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(BudgetError::Exhausted.into());
@@ -298,17 +319,15 @@ impl DefenderClient {
         // minutes): take it again, from the cache unless due for renewal, and count a
         // renewal's time as lag, since the request leaves that much later.
         let renewing = Instant::now();
-        match inner.tokens.token(&inner.http, &inner.retry).await {
-            Ok(current) => *token = current,
+        let token = match inner.tokens.token(&inner.http, &inner.retry).await {
+            Ok(token) => token,
             Err(error) => {
                 permit.finish(None, None).await?;
                 return Err(error);
             }
-        }
+        };
         permit.delay(renewing.elapsed());
         inner.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let timeout = inner.retry.timeout;
-        let transport = |e: &reqwest::Error| ApiError::from_transport(e, timeout);
         let sent = inner
             .http
             .get(url)
@@ -316,19 +335,26 @@ impl DefenderClient {
             .header(ACCEPT, HeaderValue::from_static("application/json"))
             .send()
             .await;
-        let mut response = match sent {
-            Ok(response) => response,
+        match sent {
+            Ok(response) => Ok(Sent { permit, response, token }),
             Err(e) => {
                 permit.finish(None, None).await?;
-                return Err(transport(&e));
+                Err(ApiError::from_transport(&e, inner.retry.timeout))
             }
-        };
+        }
+    }
+
+    /// The second half of one try: the body, the status in the ledger, the parsed JSON.
+    async fn receive(&self, endpoint: Endpoint, sent: Sent) -> Result<Value, ApiError> {
+        let Sent { permit, mut response, .. } = sent;
+        let timeout = self.inner.retry.timeout;
+        let transport = |e: &reqwest::Error| ApiError::from_transport(e, timeout);
         let status = response.status();
         let content_type = response.headers().get(CONTENT_TYPE).cloned();
         let pause = (status == StatusCode::TOO_MANY_REQUESTS)
             .then(|| retry_after(response.headers(), chrono::Utc::now()));
         if pause.is_some() {
-            inner.counters.throttled.fetch_add(1, Ordering::Relaxed);
+            self.inner.counters.throttled.fetch_add(1, Ordering::Relaxed);
         }
         let limit = if status.is_success() { endpoint.body_limit() } else { ERROR_BODY_LIMIT };
         let body = read_capped(&mut response, endpoint.describe(), limit, transport).await;
@@ -340,4 +366,12 @@ impl DefenderClient {
         let detail = body.map(|b| ErrorDetail::parse(&b)).unwrap_or_default();
         Err(ApiError::from_status(status.as_u16(), detail))
     }
+}
+
+/// A try sent, the head of its answer received, its body not read yet.
+#[derive(Debug)]
+struct Sent {
+    permit: crate::budget::Permit,
+    response: reqwest::Response,
+    token: SecretString,
 }

@@ -67,6 +67,8 @@ impl Syncer {
             if options.dry_run {
                 listed.seen.extend(records.iter().map(|r| r.id.clone()));
             }
+            // The API prepares the next page while this one is applied.
+            listing.send_ahead();
             listed.refetched += self.take_batch(records, &[], Some(since), options, progress).await?;
         }
         let complete = listing.complete() && listed.refetched == 0 && !options.cancel.is_cancelled();
