@@ -67,9 +67,9 @@ impl Workload {
         let both = |g| Generation { seen: g, version: g };
         match self {
             Workload::AllNew | Workload::NoneChanged => both(0),
-            Workload::TenthChanged => both(u32::from(i % 10 == 0)),
+            Workload::TenthChanged => both(u32::from(i.is_multiple_of(10))),
             Workload::AllChanged => both(1),
-            Workload::Steady => Generation { seen: 1, version: u32::from(i % 100 == 0) },
+            Workload::Steady => Generation { seen: 1, version: u32::from(i.is_multiple_of(100)) },
         }
     }
 

@@ -162,7 +162,7 @@ async fn run(scenario: &Scenario) -> anyhow::Result<Outcome> {
     let windows = compressed_windows(k);
     let cycle_secs = (REAL_CYCLE / k).as_secs();
     anyhow::ensure!(
-        REAL_CYCLE.as_millis() % (k as u128 * 1000) == 0 && 60 % cycle_secs == 0,
+        REAL_CYCLE.as_millis().is_multiple_of(k as u128 * 1000) && 60u64.is_multiple_of(cycle_secs),
         "k = {k} does not give a whole-second cycle dividing a minute"
     );
     let sim = simulator::start(SimulatorOptions {

@@ -152,10 +152,10 @@ impl DefenderSettings {
         if let Some(path) = &self.client_secret_file {
             return read_secret_file(own_file_key, path, &fix);
         }
-        if let Some(own) = &self.own_secret {
-            if let Some(secret) = self.read_credential(&own.credential)? {
-                return Ok(secret);
-            }
+        if let Some(own) = &self.own_secret
+            && let Some(secret) = self.read_credential(&own.credential)?
+        {
+            return Ok(secret);
         }
         if let Some(path) = shared_file {
             return read_secret_file(SHARED_SECRET_KEY, path, &fix);

@@ -187,8 +187,8 @@ fn size(limit: usize) -> String {
     const KIB: usize = 1024;
     match limit {
         0 => "0 bytes".to_owned(),
-        _ if limit % (KIB * KIB) == 0 => format!("{} MiB", limit / (KIB * KIB)),
-        _ if limit % KIB == 0 => format!("{} KiB", limit / KIB),
+        _ if limit.is_multiple_of(KIB * KIB) => format!("{} MiB", limit / (KIB * KIB)),
+        _ if limit.is_multiple_of(KIB) => format!("{} KiB", limit / KIB),
         _ => format!("{limit} bytes"),
     }
 }
