@@ -155,6 +155,11 @@ impl Fleet {
         self.agents.iter().filter(|a| a.present)
     }
 
+    /// Every agent ever held, vanished ones included, in list order.
+    pub fn all(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.iter()
+    }
+
     /// Applies `change` to the agent (deleted or not); false when there is no such agent.
     pub fn modify(&mut self, id: &str, change: impl FnOnce(&mut Agent)) -> bool {
         match self.index.get(id) {

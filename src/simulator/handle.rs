@@ -84,6 +84,12 @@ impl SimulatorHandle {
         self.sim.fleet_at(Instant::now()).present().map(|agent| agent.id.clone()).collect()
     }
 
+    /// IDs of every agent the simulator has held, vanished ones included, in list order: unlike
+    /// [`SimulatorHandle::agent_ids`], they do not depend on how many periods have evolved.
+    pub fn every_agent_id(&self) -> Vec<String> {
+        self.sim.fleet_at(Instant::now()).all().map(|agent| agent.id.clone()).collect()
+    }
+
     pub fn stats(&self) -> SimStats {
         let peaks = lock(&self.sim.limiter).peaks();
         lock(&self.sim.recorder).stats(peaks)

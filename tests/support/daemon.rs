@@ -78,7 +78,8 @@ impl Fixture {
     }
 
     /// A simulator started from `options` (an evolving fleet, enforced windows...), a fresh
-    /// database, and an `ids_file` listing the first `tracked` agents.
+    /// database, and an `ids_file` listing the first `tracked` agents, also those that vanished
+    /// while the database was created.
     pub async fn with_simulator(options: SimulatorOptions, tracked: usize) -> Fixture {
         let sim = simulator::start(options).await.expect("starting the simulator");
         let name = super::fresh_database().await;
@@ -87,7 +88,7 @@ impl Fixture {
         let pool = PgPoolOptions::new().max_connections(2).connect_lazy_with(options);
         let dir = tempfile::tempdir().expect("a temporary directory");
         let fixture = Fixture { ids_file: dir.path().join("agents.txt"), sim, pool, database_url, dir };
-        fixture.write_ids(&fixture.sim.agent_ids()[..tracked]);
+        fixture.write_ids(&fixture.sim.every_agent_id()[..tracked]);
         fixture
     }
 
