@@ -9,9 +9,11 @@ use std::time::Duration;
 use scan_agent_sync::agent::AgentRecord;
 use scan_agent_sync::config::Settings;
 use scan_agent_sync::simulator::{self, SimulatorHandle, SimulatorOptions};
+use scan_agent_sync::store::missing::{Absence, Tracked};
 use scan_agent_sync::store::runs::RunStatus;
 use scan_agent_sync::store::{MIGRATOR, Store};
 use scan_agent_sync::sync::{CycleOptions, Syncer, Targets};
+use scan_agent_sync::tenant_name::TenantName;
 use serde_json::json;
 use sqlx::PgPool;
 use support::daemon::{DaemonConfig, Fixture, eventually};
@@ -352,4 +354,58 @@ async fn the_migration_moving_the_time_members_keeps_raw_and_recognizes_unchange
     let after: Vec<String> = sqlx::query_scalar(RAW).fetch_one(&pool).await.unwrap();
     assert_eq!(after, before, "refetching the same agent changes no byte of raw");
     assert_history_holds(&store).await;
+}
+
+/// The statements that look at every agent (the end of a list, the staleness evaluation) read
+/// the state table a range of 8,192 blocks at a time: with a table longer than one range,
+/// they still find the agents of every range, and each once.
+#[tokio::test]
+async fn passes_over_a_state_table_longer_than_one_range_find_every_agent_once() {
+    let pool = support::fresh_pool().await;
+    // 20,000 rows of about 1.4 kB (an incompressible host name); at the table's fillfactor of
+    // 50, two fit a block. Every thousandth agent is stale, and the one after it was left out
+    // of the latest list.
+    let store = Store::from_pool(pool.clone());
+    let since = store.clock().await.unwrap();
+    sqlx::query(
+        "INSERT INTO scan_agent_state (agent_id, computer_dns_name, last_seen, first_observed_at,
+             last_changed_at, valid_from, last_fetched_at)
+         SELECT format('a%s', lpad(i::text, 5, '0')),
+                (SELECT string_agg(md5(random()::text || i || j), '') FROM generate_series(1, 40) j),
+                CASE WHEN i % 1000 = 0 THEN now() - interval '2 days' ELSE now() END,
+                now() - interval '3 days', now(), now(),
+                CASE WHEN i % 1000 = 1 THEN now() - interval '1 hour' ELSE now() END
+         FROM generate_series(0, 19999) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let blocks = scalar(&pool, "SELECT pg_relation_size('scan_agent_state') / 8192").await;
+    assert!(blocks > 8_192, "the table spans two ranges ({blocks} blocks)");
+
+    let now = store.clock().await.unwrap();
+    let day = Duration::from_secs(86_400);
+    let evaluation = store.record_staleness(now, day, Duration::ZERO, None).await.unwrap();
+    assert_eq!(
+        (evaluation.tracked, evaluation.stale_now, evaluation.fired),
+        (20_000, 20, 20),
+        "{evaluation:?}"
+    );
+
+    let tenant = store.for_tenant(TenantName::default());
+    let absence = tenant.count_unlisted(Tracked::All, since, now, &[]).await.unwrap();
+    assert_eq!(
+        absence,
+        Absence { known: 20_000, vanishing: 20, unlisted: 20, still_missing: 0, never_seen: 0 }
+    );
+    assert_eq!(tenant.mark_unlisted(Tracked::All, since, &[]).await.unwrap(), 20);
+    let marked: Vec<String> = sqlx::query_scalar(
+        "SELECT agent_id FROM scan_agent_state WHERE missing_since IS NOT NULL ORDER BY agent_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(marked, (0..20).map(|k| format!("a{:05}", k * 1000 + 1)).collect::<Vec<_>>());
+    let absence = tenant.count_unlisted(Tracked::All, since, now, &[]).await.unwrap();
+    assert_eq!((absence.unlisted, absence.still_missing), (0, 20));
 }

@@ -274,12 +274,13 @@ async fn a_complete_list_of_one_tenant_marks_nothing_of_another() {
     contoso.apply_page(vec![agent("c1", "1", "2026-01-01T00:00:00Z")], since).await.unwrap();
     let now = contoso.clock().await.unwrap();
     let absence = contoso.count_unlisted(Tracked::All, since, now, &[]).await.unwrap();
-    assert_eq!(absence, Absence { known: 2, vanishing: 1 });
+    assert_eq!(absence, Absence { known: 2, vanishing: 1, unlisted: 1, still_missing: 0, never_seen: 0 });
     // Configured IDs: f1 configured for contoso too (a config error elsewhere) is never seen
     // by contoso, not marked.
     let ids = [id("c1"), id("c2"), id("f1")];
-    let unlisted = contoso.mark_unlisted(Tracked::Ids(&ids), since, &[]).await.unwrap();
-    assert_eq!((unlisted.went_missing, unlisted.still_missing, unlisted.never_seen), (1, 0, 1));
+    let absence = contoso.count_unlisted(Tracked::Ids(&ids), since, now, &[]).await.unwrap();
+    assert_eq!(absence, Absence { known: 2, vanishing: 1, unlisted: 1, still_missing: 0, never_seen: 1 });
+    assert_eq!(contoso.mark_unlisted(Tracked::Ids(&ids), since, &[]).await.unwrap(), 1);
     let missing: Vec<String> =
         sqlx::query_scalar("SELECT agent_id FROM scan_agents WHERE missing_since IS NOT NULL ORDER BY 1")
             .fetch_all(&pool)

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
+use super::block_ranges::{block_ranges, in_block_range};
 use super::notification::Notification;
 use super::{QueryContext, Store, StoreError};
 use crate::tenant_name::TenantName;
@@ -106,11 +107,53 @@ macro_rules! queue_agent_events {
     };
 }
 
-#[derive(sqlx::FromRow)]
+/// The agents of the evaluated tenants as one pass over the state table found them.
+#[derive(Debug, Default, sqlx::FromRow)]
 struct Census {
     tracked: i64,
-    stale_now: i64,
     missing_now: i64,
+    /// Stale now, missing ones included, sorted.
+    stale: Vec<String>,
+}
+
+/// Counts the agents of `tenants` (all for `None`) and collects the stale ones, a range of
+/// blocks per statement. A row an apply moves meanwhile may be counted twice or not at all;
+/// the statements that write re-check staleness, so that only shifts a count or an episode
+/// to the next evaluation.
+async fn take_census(
+    tx: &mut Transaction<'static, Postgres>,
+    now: DateTime<Utc>,
+    stale_after: Duration,
+    tenants: Option<&[&str]>,
+) -> Result<Census, StoreError> {
+    let mut census = Census::default();
+    for (first, end) in block_ranges(&mut **tx).await? {
+        let part: Census = sqlx::query_as(concat!(
+            "SELECT count(*) AS tracked,
+                    count(*) FILTER (WHERE missing_since IS NOT NULL) AS missing_now,
+                    coalesce(array_agg(agent_id)
+                                 FILTER (WHERE missing_since IS NOT NULL OR last_seen < $3 - $4::interval),
+                             '{}') AS stale
+             FROM scan_agent_state
+             WHERE ",
+            in_block_range!(),
+            " AND ($5::text[] IS NULL OR tenant = ANY($5))"
+        ))
+        .bind(first)
+        .bind(end)
+        .bind(now)
+        .bind(stale_after)
+        .bind(tenants)
+        .fetch_one(&mut **tx)
+        .await
+        .during("finding stale agents")?;
+        census.tracked += part.tracked;
+        census.missing_now += part.missing_now;
+        census.stale.extend(part.stale);
+    }
+    census.stale.sort_unstable();
+    census.stale.dedup();
+    Ok(census)
 }
 
 fn unsigned(n: i64) -> u64 {
@@ -149,22 +192,13 @@ impl Store {
         // chunk of agent IDs, never by a join the planner must estimate: right after a storm
         // the statistics say the episode table is empty, and a plan that scans it once per
         // agent took 100 s for 100,000 agents (BENCHMARKS.md, "Stale evaluation at scale").
-        // The stale agents come from one scan of the narrow state table, the agents with an
+        // The stale agents come from one pass over the state table, the agents with an
         // open episode from its partial index; each chunk statement re-checks staleness in
         // its own snapshot, so an agent that changed meanwhile is left for the next
         // evaluation, and the unique index on open episodes (ON CONFLICT) keeps one open
         // episode per agent.
-        let stale: Vec<String> = sqlx::query_scalar(
-            "SELECT agent_id FROM scan_agent_state
-             WHERE (missing_since IS NOT NULL OR last_seen < $1 - $2::interval)
-               AND ($3::text[] IS NULL OR tenant = ANY($3))",
-        )
-        .bind(now)
-        .bind(stale_after)
-        .bind(&tenants)
-        .fetch_all(&mut *tx)
-        .await
-        .during("finding stale agents")?;
+        let census = take_census(&mut tx, now, stale_after, tenants.as_deref()).await?;
+        let stale = &census.stale;
         let open: Vec<String> = sqlx::query_scalar(
             "SELECT e.agent_id FROM stale_episodes e JOIN scan_agent_state s USING (agent_id)
              WHERE e.resolved_at IS NULL AND ($1::text[] IS NULL OR s.tenant = ANY($1))",
@@ -245,27 +279,12 @@ impl Store {
             fired += done.fired;
             repeated += done.repeated;
         }
-        // Read-only, so PostgreSQL may scan in parallel; the same snapshot rules as the view.
-        let census: Census = sqlx::query_as(
-            "SELECT count(*) AS tracked,
-                    count(*) FILTER (WHERE missing_since IS NOT NULL OR last_seen < $1 - $2::interval)
-                        AS stale_now,
-                    count(*) FILTER (WHERE missing_since IS NOT NULL) AS missing_now
-             FROM scan_agent_state
-             WHERE $3::text[] IS NULL OR tenant = ANY($3)",
-        )
-        .bind(now)
-        .bind(stale_after)
-        .bind(&tenants)
-        .fetch_one(&mut *tx)
-        .await
-        .during("counting stale agents")?;
         tx.commit().await.during("committing stale episodes")?;
         Ok(Evaluation {
             fired: unsigned(fired),
             resolved: unsigned(resolved),
             repeated: unsigned(repeated),
-            stale_now: unsigned(census.stale_now),
+            stale_now: u64::try_from(census.stale.len()).unwrap_or(u64::MAX),
             missing_now: unsigned(census.missing_now),
             tracked: unsigned(census.tracked),
         })

@@ -6,7 +6,8 @@
 //! and their outbox (whose payloads are the `notification` types), `history` the read side
 //! of one agent's history, `invariants` the consistency checks across all of them,
 //! `retention` partitions and deleting old rows, `summary` the demo's counts, `database`
-//! the demo's own database. SQL stays next to the code that uses it. A sync cycle reaches
+//! the demo's own database, `block_ranges` the passes over the whole state table. SQL stays
+//! next to the code that uses it. A sync cycle reaches
 //! its statements through `tenant::TenantStore`, which binds the tenant.
 //!
 //! Advisory locks used (all transaction-scoped unless noted), in one place so keys never clash:
@@ -20,6 +21,7 @@
 
 pub mod alerts;
 pub mod apply;
+mod block_ranges;
 pub mod database;
 pub mod fleet;
 pub mod history;

@@ -123,10 +123,12 @@ impl Syncer {
             Verdict::Mark => match plan {
                 Some(plan) => progress.add(plan, options),
                 None => {
-                    let unlisted = store.mark_unlisted(tracked, since, &listed.spared).await?;
-                    progress.tally.went_missing += to_usize(unlisted.went_missing);
-                    progress.tally.still_missing += to_usize(unlisted.still_missing);
-                    progress.tally.never_seen += to_usize(unlisted.never_seen);
+                    if absence.unlisted > 0 {
+                        let went_missing = store.mark_unlisted(tracked, since, &listed.spared).await?;
+                        progress.tally.went_missing += to_usize(went_missing);
+                    }
+                    progress.tally.still_missing += to_usize(absence.still_missing);
+                    progress.tally.never_seen += to_usize(absence.never_seen);
                     self.fleet_is_back().await?;
                 }
             },
