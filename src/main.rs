@@ -2,6 +2,7 @@
 //! tests and other front ends reach the same code.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use scan_agent_sync::cli::{self, Cli};
@@ -12,7 +13,21 @@ use scan_agent_sync::cli::{self, Cli};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    cli::execute(Cli::parse()).await
+/// How long a blocking-pool thread (payload hashing during a batch) waits for more work
+/// before it exits. Batches of a cycle come well within it; between cycles the threads and
+/// the memory their allocator heaps hold go within a second (tokio's default is 10 s).
+const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(cli::execute(Cli::parse())),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
