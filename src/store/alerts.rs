@@ -4,7 +4,6 @@
 //! are written by one statement in one transaction, so they commit or vanish together: a
 //! crash can delay a notification but never lose one or fire an episode twice.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -207,9 +206,8 @@ impl Store {
         .fetch_all(&mut *tx)
         .await
         .during("finding open stale episodes")?;
-        let stale_set: HashSet<&str> = stale.iter().map(String::as_str).collect();
         let fresh_again: Vec<&str> =
-            open.iter().map(String::as_str).filter(|id| !stale_set.contains(id)).collect();
+            open.iter().filter(|id| stale.binary_search(id).is_err()).map(String::as_str).collect();
         let mut resolved = 0;
         for chunk in fresh_again.chunks(EVALUATION_CHUNK) {
             let done: i64 = sqlx::query_scalar(concat!(

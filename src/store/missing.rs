@@ -128,8 +128,9 @@ impl TenantStore {
 
     /// Marks missing every tracked agent of this tenant that a complete list, fetched since
     /// `listed_since`, did not return (except `spared`), and returns how many, under the
-    /// apply lock so it is ordered with the batches like any apply and no row moves during
-    /// its pass over the table. Another tenant's agents are never marked.
+    /// apply lock so it is ordered with the batches like any apply and no applier moves rows
+    /// during its pass over the table; a row this pass marks and moves to a later range is
+    /// not marked again (`missing_since IS NULL`). Another tenant's agents are never marked.
     pub async fn mark_unlisted(
         &self,
         tracked: Tracked<'_>,

@@ -7,8 +7,8 @@
 //! of one agent's history, `invariants` the consistency checks across all of them,
 //! `retention` partitions and deleting old rows, `summary` the demo's counts, `database`
 //! the demo's own database, `block_ranges` the passes over the whole state table. SQL stays
-//! next to the code that uses it. A sync cycle reaches
-//! its statements through `tenant::TenantStore`, which binds the tenant.
+//! next to the code that uses it. A sync cycle reaches its statements through
+//! `tenant::TenantStore`, which binds the tenant.
 //!
 //! Advisory locks used (all transaction-scoped unless noted), in one place so keys never clash:
 //! - [`APPLY_LOCK`]: serializes batch application, so concurrent appliers behave as if in sequence;
